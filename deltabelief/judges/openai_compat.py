@@ -1,0 +1,187 @@
+"""The 'openai' judge: any OpenAI-compatible chat-completions server.
+
+A vLLM server (``vllm serve Qwen/Qwen3-14B``), ``deltabelief serve`` or a hosted
+API. Each request is one ``POST {base_url}/chat/completions`` with ``model``,
+``messages``, ``temperature`` and ``max_tokens``, sent with ``requests`` (no
+``openai`` package). Requests of a batch run concurrently, at most
+``config.max_concurrency`` at a time.
+
+Failures: connection errors, timeouts (``config.timeout_s`` per attempt), HTTP
+429 and 5xx are retried ``config.max_retries`` times with exponential backoff
+(``backoff_s``, ``2·backoff_s``, …); then :class:`JudgeUnavailableError` names
+the URL, the attempts and the last error. Other HTTP errors (400, 401, 404, …)
+and malformed response bodies raise :class:`JudgeResponseError` at once.
+
+The API key is read from the environment variable named by
+``config.api_key_env``; it is sent only in the ``Authorization`` header and is
+never logged, shown in ``repr`` or put into an error message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import requests
+
+from deltabelief.config import JudgeConfig
+from deltabelief.judges.base import JudgeReply, JudgeRequest, register_judge
+from deltabelief.judges.parsing import build_messages, parse_reply
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_BODY_PREVIEW_CHARS = 300
+
+
+class JudgeUnavailableError(RuntimeError):
+    """The judge server could not be reached (or kept failing) after every retry."""
+
+
+class JudgeResponseError(RuntimeError):
+    """The judge server answered with an error that retrying will not fix, or with a malformed body."""
+
+
+class _Retryable(Exception):
+    """One failed attempt that may succeed when tried again."""
+
+
+class OpenAIJudge:
+    """Judge that asks an OpenAI-compatible server.
+
+    ``stats``: ``calls`` (requests answered), ``unparseable`` (replies without a
+    valid label, answered as 'invalid'), ``attempts`` (HTTP attempts, retries
+    included), ``retries`` (attempts after a failed one).
+    """
+
+    name = "openai"
+
+    def __init__(self, config: JudgeConfig, session: requests.Session | None = None):
+        if config.max_retries < 0:
+            raise ValueError(f"judge.max_retries must be >= 0, got {config.max_retries}")
+        if config.max_concurrency < 1:
+            raise ValueError(f"judge.max_concurrency must be at least 1, got {config.max_concurrency}")
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.session = session or requests.Session()
+        self._api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        if not self._api_key:
+            log.debug("no API key in $%s; sending requests without Authorization", config.api_key_env)
+        self._lock = threading.Lock()
+        self.stats: dict[str, int] = {"calls": 0, "unparseable": 0, "attempts": 0, "retries": 0}
+
+    def __repr__(self) -> str:
+        return f"OpenAIJudge(url={self.url!r}, model={self.config.model!r}, stats={self.stats})"
+
+    # ------------------------------------------------------------ batch
+
+    def answer_batch(self, requests_: list[JudgeRequest]) -> list[JudgeReply]:
+        """One reply per request, in order; raises if any request cannot be answered."""
+        if not requests_:
+            return []
+        messages = [build_messages(r) for r in requests_]
+        workers = min(self.config.max_concurrency, len(requests_))
+        if workers == 1:
+            raws = [self.complete(m) for m in messages]
+        else:
+            raws = self._complete_concurrently(messages, workers)
+        return [self._parse(request, raw) for request, raw in zip(requests_, raws)]
+
+    def _complete_concurrently(self, messages: list[list[dict[str, str]]], workers: int) -> list[str]:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-judge")
+        futures: list[Future] = [pool.submit(self.complete, m) for m in messages]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            # On failure, drop requests that have not started; running ones finish their retries.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _parse(self, request: JudgeRequest, raw: str) -> JudgeReply:
+        reply = parse_reply(raw, request.labels)
+        with self._lock:
+            self.stats["calls"] += 1
+            if not reply.parsed:
+                self.stats["unparseable"] += 1
+        if not reply.parsed:
+            log.debug("unparseable judge reply for target %r: %r", request.target.id, raw[:200])
+        return reply
+
+    # ------------------------------------------------------------ one request
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        """The assistant text for one chat, retrying transient failures."""
+        payload = {
+            "model": self.config.model,
+            "messages": messages,
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+        }
+        attempts = self.config.max_retries + 1
+        last_error = ""
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                delay = self.config.backoff_s * 2 ** (attempt - 2)
+                log.info("judge attempt %d/%d in %.2fs after: %s", attempt, attempts, delay, last_error)
+                time.sleep(delay)
+            with self._lock:
+                self.stats["attempts"] += 1
+                self.stats["retries"] += int(attempt > 1)
+            try:
+                return self._post_once(payload)
+            except _Retryable as err:
+                last_error = str(err)
+        raise JudgeUnavailableError(
+            f"judge server at {self.url} did not answer after {attempts} attempts "
+            f"(timeout {self.config.timeout_s}s each); last error: {last_error}"
+        )
+
+    def _post_once(self, payload: dict) -> str:
+        try:
+            response = self.session.post(
+                self.url, json=payload, headers=self._headers(), timeout=self.config.timeout_s
+            )
+        except (requests.ConnectionError, requests.Timeout) as err:
+            raise _Retryable(self._redact(f"{type(err).__name__}: {err}")) from None
+        if response.status_code in RETRY_STATUSES:
+            raise _Retryable(f"HTTP {response.status_code}: {self._body_preview(response)}")
+        if response.status_code != 200:
+            raise JudgeResponseError(
+                f"judge server at {self.url} refused the request: HTTP {response.status_code}: "
+                f"{self._body_preview(response)}"
+            )
+        return self._content(response)
+
+    def _body_preview(self, response: requests.Response) -> str:
+        return self._redact(response.text[:_BODY_PREVIEW_CHARS])
+
+    def _content(self, response: requests.Response) -> str:
+        """The first choice's message content ('' when the server sent null content)."""
+        try:
+            body = response.json()
+            content = body["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise JudgeResponseError(
+                f"judge server at {self.url} sent a body without choices[0].message.content "
+                f"({type(err).__name__}: {err}): {self._body_preview(response)}"
+            ) from err
+        if content is not None and not isinstance(content, str):
+            raise JudgeResponseError(f"judge server at {self.url} sent non-text content: {type(content).__name__}")
+        return content or ""
+
+
+@register_judge("openai")
+def make_openai_judge(config: JudgeConfig | None = None, session: requests.Session | None = None) -> OpenAIJudge:
+    """An OpenAI-compatible judge for ``config.base_url`` / ``config.model``."""
+    return OpenAIJudge(config or JudgeConfig(backend="openai"), session=session)

@@ -1,0 +1,206 @@
+"""Batched autoregressive sampling of one move per prompt, with exact log-probabilities.
+
+Shapes: ``B`` prompts in the batch, ``L`` padded prompt length, ``V`` vocabulary.
+
+Prompts of different lengths are left-padded; the attention mask hides the pads
+and position ids count only real tokens, so every row sees exactly what it would
+see alone. One prefill pass fills the KV cache, then one token per step is fed
+back. Rows that stop are dropped from the batch and the cache.
+
+The sampling distribution at each step is ``softmax(mask(logits / T))`` where
+``mask`` keeps the top-k tokens and then the smallest top-p nucleus (others get
+-inf). The recorded log-probability of a token is its log-softmax under that same
+distribution, i.e. the probability it was actually drawn with; at T=1 with no
+top-k/top-p this is the model's plain log-softmax, which PPO's ratio needs.
+``T == 0`` means greedy decoding; the recorded log-probability is then the plain
+log-softmax at T=1 (the greedy "distribution" is a point mass).
+
+A row stops (a move is cut to one question):
+
+- at an end-of-turn/eos token: the token is *not* included (the rollout's
+  observation starts with the end-of-turn marker anyway);
+- right after the first token whose text contains ``'?'`` (included);
+- after ``max_new_tokens`` tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+STOP_EOS, STOP_QUESTION, STOP_LENGTH = "eos", "question", "length"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    max_new_tokens: int = 50
+    cut_at_question: bool = True
+    """Stop right after the first token whose text contains '?'."""
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"need top_k >= 0 and max_new_tokens >= 1, got {self.top_k}, {self.max_new_tokens}")
+
+
+@dataclass
+class Sample:
+    token_ids: list[int]
+    """Sampled ids exactly as drawn, after the cut; no eos/end-of-turn token."""
+    logprobs: list[float]
+    """Log-probability of each id under the sampling distribution (see module docstring)."""
+    text: str
+    """``token_ids`` decoded (special tokens kept, so text and ids stay faithful)."""
+    stop_reason: str
+    """'eos', 'question' or 'length'."""
+
+
+@dataclass(frozen=True)
+class StopTokens:
+    """Token-level stop rules for one tokenizer, computed once."""
+
+    eos_ids: frozenset[int]
+    question: torch.Tensor
+    """[V] bool: the token's text contains '?'."""
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, vocab_size: int, extra_eos: tuple[int, ...] = ()) -> "StopTokens":
+        """Stop at ``tokenizer.eos_token_id`` (the end-of-turn marker) and ``extra_eos``."""
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
+        question = torch.zeros(vocab_size, dtype=torch.bool)
+        hits = [i for i, text in enumerate(texts) if "?" in text and i < vocab_size]
+        question[hits] = True
+        eos = {tokenizer.eos_token_id, *extra_eos} - {None}
+        if not eos:
+            raise ValueError("the tokenizer has no eos token: cannot tell where a move ends")
+        return cls(eos_ids=frozenset(int(i) for i in eos), question=question)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad ``prompts`` -> input_ids [B, L] and attention_mask [B, L] (1 on real tokens)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, length - len(prompt) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside top-k, then outside the top-p nucleus, to -inf. logits: [B, V] -> [B, V]."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [B, V]
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of strictly better tokens
+        drop_sorted = mass_before >= top_p  # the first token is never dropped (mass_before = 0)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row. logits: [B, V] float -> (tokens [B], logprobs [B])."""
+    if params.temperature == 0:
+        logprobs = torch.log_softmax(logits, dim=-1)  # [B, V]
+        tokens = logits.argmax(dim=-1)
+    else:
+        logprobs = torch.log_softmax(filter_logits(logits / params.temperature, params.top_k, params.top_p), dim=-1)
+        probs = logprobs.exp().to(generator.device)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)  # [B]
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@torch.inference_mode()
+def _prefill(model, ids: torch.Tensor, mask: torch.Tensor):
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :].float(), out.past_key_values, positions[:, -1]
+
+
+@torch.inference_mode()
+def _step(model, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+    """Feed one token per row. tokens, positions: [B]; mask: [B, L+t] (already includes them)."""
+    out = model(
+        input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
+        past_key_values=cache, use_cache=True,
+    )
+    return out.logits[:, -1, :].float(), out.past_key_values
+
+
+def _stop_reason(token: int, count: int, stops: StopTokens, params: SamplingParams) -> str | None:
+    """Why a row stops after drawing ``token`` as its ``count``-th token (None: go on)."""
+    if token in stops.eos_ids:
+        return STOP_EOS
+    if params.cut_at_question and bool(stops.question[token]):
+        return STOP_QUESTION
+    if count >= params.max_new_tokens:
+        return STOP_LENGTH
+    return None
+
+
+def sample_batch(
+    model, tokenizer, prompts: list[list[int]], params: SamplingParams, *,
+    generator: torch.Generator, stops: StopTokens | None = None,
+) -> list[Sample]:
+    """Sample one move for each prompt (one forward batch; see the module docstring for the rules)."""
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops.eos_ids)
+    ids, mask = left_pad(prompts, pad_id, device)  # [B, L]
+    was_training = model.training
+    model.eval()
+    try:
+        logits, cache, positions = _prefill(model, ids, mask)  # [B, V], cache, [B]
+        stops = stops or StopTokens.for_tokenizer(tokenizer, logits.shape[-1])
+        rows = list(range(len(prompts)))  # batch row -> prompt index, for rows still running
+        drawn: list[list[int]] = [[] for _ in prompts]
+        logps: list[list[float]] = [[] for _ in prompts]
+        reasons: list[str] = [STOP_LENGTH] * len(prompts)
+        while rows:
+            tokens, token_logps = draw(logits, params, generator)  # [B], [B]
+            keep = []
+            for b, (prompt_index, token, logp) in enumerate(zip(rows, tokens.tolist(), token_logps.tolist())):
+                reason = _stop_reason(token, len(drawn[prompt_index]) + 1, stops, params)
+                if reason != STOP_EOS:
+                    drawn[prompt_index].append(token)
+                    logps[prompt_index].append(logp)
+                if reason is None:
+                    keep.append(b)
+                else:
+                    reasons[prompt_index] = reason
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                tokens, mask, positions = tokens[index], mask[index], positions[index]
+                rows = [rows[b] for b in keep]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)  # [B, L+t+1]
+            positions = positions + 1  # [B]
+            logits, cache = _step(model, tokens, mask, positions, cache)
+    finally:
+        model.train(was_training)
+    return [
+        Sample(drawn[i], logps[i], _decode(tokenizer, drawn[i]), reasons[i]) for i in range(len(prompts))
+    ]
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
