@@ -353,10 +353,10 @@ def score_beliefs_per_prefix(
             values = []
             for end in turn_ends(traj):
                 ids = torch.tensor([list(traj.input_ids[:end]) + elicitation.ids], device=device)  # [1, e_t + S]
-                logits = model(input_ids=ids, use_cache=False).logits[0].float()  # [e_t + S, V]
-                first = end + len(elicitation.prefix_ids)  # position of y_1
                 target = torch.tensor(elicitation.target_ids, device=device)  # [K]
-                logprobs = torch.log_softmax(logits[first - 1 : first - 1 + len(target)], dim=-1)  # [K, V]
+                # the suffix ends with y_K, so the last K+1 positions hold the logits for y_1..y_K (and one past)
+                logits = model(input_ids=ids, use_cache=False, logits_to_keep=len(target) + 1).logits[0]  # [K+1, V]
+                logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)  # [K, V] row k predicts y_k
                 values.append(logprobs.gather(-1, target[:, None]).sum().cpu())  # log b_t
             rows[index] = torch.stack(values)  # [N+1]
     return _assemble(trajectories, rows, elicitations, excluded, mismatches)

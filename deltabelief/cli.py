@@ -186,7 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from deltabelief.serving.openai_server import serve
 
-    serve(args.model, host=args.host, port=args.port)
+    serve(args.model, host=args.host, port=args.port, on_ready=lambda url: print(f"serving {args.model} at {url}"))
     return 0
 
 

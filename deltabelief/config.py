@@ -155,6 +155,9 @@ class PPOConfig:
     """Trajectories per optimizer step."""
     micro_batch_size: int = 4
     """Trajectories per forward/backward (gradient accumulation inside a mini-batch)."""
+    old_logprobs: Literal["recompute", "sampling"] = "recompute"
+    """log π_old in the ratio: 'recompute' scores the sampled tokens once with the rollout policy
+    before the update (no grad); 'sampling' uses the log-probs recorded while sampling."""
 
 
 @dataclass
@@ -173,6 +176,12 @@ class SFTConfig:
     lr: float = 1e-4
     batch_size: int = 8
     max_length: int = 1024
+    micro_batch_size: int = 0
+    """Conversations per forward/backward inside a batch (gradient accumulation); 0: the whole batch."""
+    split: str = "train"
+    """Rows of trajectories.parquet to train on (its ``split`` column); empty: every row."""
+    seed: int = 0
+    """Seeds the shuffling of conversations each epoch."""
 
 
 @dataclass
@@ -185,6 +194,10 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 5
     output_dir: str = "outputs"
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept on disk (0: all)."""
+    num_logged_samples: int = 4
+    """Rollouts per step written to samples/step_XXXXXX.jsonl."""
 
 
 @dataclass
@@ -205,6 +218,21 @@ class EvalConfig:
     num_targets: int = 16
     """Targets per suite (0: all)."""
     judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(backend="kb"))
+    sources: list[str] = field(default_factory=list)
+    """Per-suite targets as 'suite=SOURCE' (SOURCE: examples, kb, words:PATH, reference:PATH,
+    paprika:PATH, stargate:DIR). Unlisted suites use their default: the KB test split for
+    twenty_questions, the built-in examples for the others."""
+    seed: int = 0
+    """Seed for target selection, rollouts and final-answer sampling."""
+    replay_budgets: bool = False
+    """Interaction scaling: False plays once at the largest budget and counts a game as solved
+    within budget b when it was solved in its first b turns; True plays every budget separately."""
+    personalization_turns: int = 3
+    """Clarifying-question turns in User Personalization (STaR-GATE: 3)."""
+    answer_max_new_tokens: int = 256
+    """User Personalization: token budget of the agent's final answer."""
+    belief_curves: bool = True
+    """Score the policy's belief after every turn of Twenty Questions (belief curves)."""
 
 
 @dataclass
@@ -230,6 +258,15 @@ class ClusterConfig:
     rollout_tensor_parallel: int = 1
     ppo_mini_batch_size: int = 80
     gpu_memory_utilization: float = 0.6
+    max_prompt_tokens: int = 1024
+    """verl data.max_prompt_length: the longest opening prompt in tokens; a longer one is an error."""
+    observation_token_reserve: int = 64
+    """Tokens kept for each answer (end-of-turn, user message, next header) when sizing verl's
+    response_length; a game with less room left stops early and is counted as truncated."""
+    belief_chunk_size: int = 4096
+    """Elicitation sequences (h_t + elicitation) per call of the actor's compute_log_prob."""
+    agent_loop_workers: int = 8
+    """verl agent-loop worker actors (CPU) that play games concurrently against the judge."""
 
 
 @dataclass
@@ -366,6 +403,21 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple[s
     for text in overrides:
         values = _merge(values, parse_override(text))
     return _build(Config, values)
+
+
+def override(config: Config, values: dict[str, Any]) -> Config:
+    """A copy of ``config`` with dotted keys replaced, checked like a preset: ``{"policy.model": "x"}``."""
+    merged = config_to_dict(config)
+    for dotted, value in values.items():
+        node = {}
+        node_root = node
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+        merged = _merge(merged, node_root)
+    return _build(Config, merged)
 
 
 def config_to_dict(config: Any) -> dict:

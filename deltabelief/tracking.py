@@ -246,7 +246,8 @@ def promote(
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     for key, value in asdict(decision).items():
-        client.set_model_version_tag(name, version, f"promotion.{key}", json.dumps(value))
+        text = value if isinstance(value, str) else json.dumps(value)
+        client.set_model_version_tag(name, version, f"promotion.{key}", text)
     log.info("promotion of %s v%s: %s", name, version, reason)
     return decision
 

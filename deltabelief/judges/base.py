@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from deltabelief.games.base import Target
+if TYPE_CHECKING:  # games import judges.base at runtime; keep this one-way
+    from deltabelief.games.base import Target
 
 
 @dataclass(frozen=True)

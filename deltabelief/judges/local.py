@@ -13,6 +13,7 @@ same sequence of batches.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -70,7 +71,7 @@ def _generate_chunk(model, tokenizer, prompts: list[str], temperature: float, ma
         kept = row[: row.index(tokenizer.eos_token_id)] if ended else row
         completions.append(
             Completion(
-                text=tokenizer.decode(kept, skip_special_tokens=True),
+                text=tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False),
                 prompt_tokens=int(sum(mask)),
                 completion_tokens=len(kept) + int(ended),
                 finish_reason="stop" if ended else "length",
@@ -114,6 +115,7 @@ class LocalJudge:
 
     ``stats``: ``calls`` (requests answered), ``unparseable`` (replies without a
     valid label, answered as 'invalid'), ``batches`` (``answer_batch`` calls).
+    Each reply's ``details["finish_reason"]`` is 'stop' or 'length' (token budget ran out).
     """
 
     name = "local"
@@ -140,6 +142,7 @@ class LocalJudge:
         replies = []
         for request, completion in zip(requests, completions):
             reply = parse_reply(completion.text, request.labels)
+            reply = dataclasses.replace(reply, details={"finish_reason": completion.finish_reason})
             self.stats["calls"] += 1
             if not reply.parsed:
                 self.stats["unparseable"] += 1

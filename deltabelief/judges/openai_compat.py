@@ -7,7 +7,7 @@ API. Each request is one ``POST {base_url}/chat/completions`` with ``model``,
 ``config.max_concurrency`` at a time.
 
 Failures: connection errors, timeouts (``config.timeout_s`` per attempt), HTTP
-429 and 5xx are retried ``config.max_retries`` times with exponential backoff
+408, 429 and 5xx are retried ``config.max_retries`` times with exponential backoff
 (``backoff_s``, ``2·backoff_s``, …); then :class:`JudgeUnavailableError` names
 the URL, the attempts and the last error. Other HTTP errors (400, 401, 404, …)
 and malformed response bodies raise :class:`JudgeResponseError` at once.
@@ -19,6 +19,7 @@ never logged, shown in ``repr`` or put into an error message.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -33,8 +34,12 @@ from deltabelief.judges.parsing import build_messages, parse_reply
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _BODY_PREVIEW_CHARS = 300
+
+
+def is_retryable_status(status: int) -> bool:
+    """408 (request timeout), 429 (rate limited) and every 5xx may succeed when tried again."""
+    return status in (408, 429) or 500 <= status < 600
 
 
 class JudgeUnavailableError(RuntimeError):
@@ -54,7 +59,8 @@ class OpenAIJudge:
 
     ``stats``: ``calls`` (requests answered), ``unparseable`` (replies without a
     valid label, answered as 'invalid'), ``attempts`` (HTTP attempts, retries
-    included), ``retries`` (attempts after a failed one).
+    included), ``retries`` (attempts after a failed one). Each reply's
+    ``details["finish_reason"]`` is what the server reported ('stop', 'length', …).
     """
 
     name = "openai"
@@ -85,12 +91,12 @@ class OpenAIJudge:
         messages = [build_messages(r) for r in requests_]
         workers = min(self.config.max_concurrency, len(requests_))
         if workers == 1:
-            raws = [self.complete(m) for m in messages]
+            outputs = [self.complete(m) for m in messages]
         else:
-            raws = self._complete_concurrently(messages, workers)
-        return [self._parse(request, raw) for request, raw in zip(requests_, raws)]
+            outputs = self._complete_concurrently(messages, workers)
+        return [self._parse(request, raw, finish) for request, (raw, finish) in zip(requests_, outputs)]
 
-    def _complete_concurrently(self, messages: list[list[dict[str, str]]], workers: int) -> list[str]:
+    def _complete_concurrently(self, messages: list[list[dict[str, str]]], workers: int) -> list[tuple[str, str]]:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-judge")
         futures: list[Future] = [pool.submit(self.complete, m) for m in messages]
         try:
@@ -99,8 +105,8 @@ class OpenAIJudge:
             # On failure, drop requests that have not started; running ones finish their retries.
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _parse(self, request: JudgeRequest, raw: str) -> JudgeReply:
-        reply = parse_reply(raw, request.labels)
+    def _parse(self, request: JudgeRequest, raw: str, finish_reason: str) -> JudgeReply:
+        reply = dataclasses.replace(parse_reply(raw, request.labels), details={"finish_reason": finish_reason})
         with self._lock:
             self.stats["calls"] += 1
             if not reply.parsed:
@@ -120,8 +126,8 @@ class OpenAIJudge:
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        """The assistant text for one chat, retrying transient failures."""
+    def complete(self, messages: list[dict[str, str]]) -> tuple[str, str]:
+        """``(assistant text, finish_reason)`` for one chat, retrying transient failures."""
         payload = {
             "model": self.config.model,
             "messages": messages,
@@ -144,17 +150,17 @@ class OpenAIJudge:
                 last_error = str(err)
         raise JudgeUnavailableError(
             f"judge server at {self.url} did not answer after {attempts} attempts "
-            f"(timeout {self.config.timeout_s}s each); last error: {last_error}"
+            f"(timeout {self.config.timeout_s}s per attempt); last error: {last_error}"
         )
 
-    def _post_once(self, payload: dict) -> str:
+    def _post_once(self, payload: dict) -> tuple[str, str]:
         try:
             response = self.session.post(
                 self.url, json=payload, headers=self._headers(), timeout=self.config.timeout_s
             )
         except (requests.ConnectionError, requests.Timeout) as err:
             raise _Retryable(self._redact(f"{type(err).__name__}: {err}")) from None
-        if response.status_code in RETRY_STATUSES:
+        if is_retryable_status(response.status_code):
             raise _Retryable(f"HTTP {response.status_code}: {self._body_preview(response)}")
         if response.status_code != 200:
             raise JudgeResponseError(
@@ -164,13 +170,13 @@ class OpenAIJudge:
         return self._content(response)
 
     def _body_preview(self, response: requests.Response) -> str:
-        return self._redact(response.text[:_BODY_PREVIEW_CHARS])
+        return self._redact(response.text)[:_BODY_PREVIEW_CHARS]
 
-    def _content(self, response: requests.Response) -> str:
-        """The first choice's message content ('' when the server sent null content)."""
+    def _content(self, response: requests.Response) -> tuple[str, str]:
+        """The first choice's ``(content, finish_reason)``; null content is ''."""
         try:
-            body = response.json()
-            content = body["choices"][0]["message"]["content"]
+            choice = response.json()["choices"][0]
+            content = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as err:
             raise JudgeResponseError(
                 f"judge server at {self.url} sent a body without choices[0].message.content "
@@ -178,7 +184,7 @@ class OpenAIJudge:
             ) from err
         if content is not None and not isinstance(content, str):
             raise JudgeResponseError(f"judge server at {self.url} sent non-text content: {type(content).__name__}")
-        return content or ""
+        return content or "", str(choice.get("finish_reason") or "")
 
 
 @register_judge("openai")

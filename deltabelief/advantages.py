@@ -1,0 +1,363 @@
+"""Credit assignment: per-turn rewards -> per-turn advantages, one registry for every estimator.
+
+Every estimator has one signature::
+
+    fn(turn_rewards[B, T], turn_mask[B, T], group_ids[B], *, <options>, step_states=None) -> [B, T]
+
+and declares a ``level``: ``"turn"`` estimators want r_eog on every turn, ``"trajectory"``
+estimators want it once (``rewards.turn_rewards(outcome_on=...)``; the caller reads the level,
+rewards never look at an estimator's name). The keyword options are named exactly like the fields
+of ``EstimatorConfig`` (``include_finished``, ``norm_by_std``, ``eps``, ``gigpo_gamma``,
+``gigpo_omega``), and :attr:`Estimator.options` lists the ones an estimator reads, so a caller
+passes ``{name: getattr(config.estimator, name) for name in est.options}``.
+
+Shape notation: B rollouts (all groups together), T turns (the most of any rollout),
+G groups (rollouts of one target share a group id), L tokens.
+
+Estimators (advantages are 0 on turns that were not played):
+
+- ``turn_grpo`` (ΔBelief-RL's turn-wise GRPO): A[i,t] = (R[i,t] − mean_g R[·,t]) / (std_g R[·,t] + eps).
+- ``grpo`` (StarPO / GRPO, Shao et al. 2024): one score S_i = Σ_t R[i,t], A_i = (S_i − mean_g S) / (std_g S + eps),
+  the same on every turn.
+- ``rloo`` (Ahmadian et al. 2024): A_i = S_i − mean_{j∈g, j≠i} S_j, the same on every turn.
+- ``gigpo`` (Feng et al. 2025, GiGPO): A[i,t] = A_episode(i) + ω·A_step(i,t), the step advantage a
+  z-score of the discounted return within the group of steps taken from the same state.
+
+Group statistics use the unbiased std (n − 1); a group with one member gets mean 0 and std 1
+(as verl's GRPO). They are computed in float64 so that a zero-variance group gives exactly 0.
+Each vectorised estimator keeps a loop version (``_<name>_loop``) that tests compare it with.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Hashable, Literal, Sequence
+
+import torch
+
+Level = Literal["turn", "trajectory"]
+LEVELS: tuple[str, ...] = ("turn", "trajectory")
+
+
+@dataclass(frozen=True)
+class Estimator:
+    name: str
+    level: Level
+    """``"turn"``: r_eog on every turn; ``"trajectory"``: r_eog on the last turn only."""
+    fn: Callable[..., torch.Tensor]
+    options: tuple[str, ...]
+    """Keyword options the estimator reads; each is an ``EstimatorConfig`` field name."""
+
+    def __call__(self, turn_rewards, turn_mask, group_ids, *, step_states=None, **options) -> torch.Tensor:
+        return self.fn(turn_rewards, turn_mask, group_ids, step_states=step_states, **options)
+
+
+_ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(name: str, level: Level = "turn") -> Callable:
+    """Decorator: register ``fn`` under ``name``; a duplicate name or an unknown level raises."""
+    if level not in LEVELS:
+        raise ValueError(f"estimator {name!r}: level must be one of {list(LEVELS)}, got {level!r}")
+
+    def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if name in _ESTIMATORS:
+            raise ValueError(f"estimator {name!r} is already registered")
+        params = inspect.signature(fn).parameters.values()
+        options = tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "step_states")
+        _ESTIMATORS[name] = Estimator(name, level, fn, options)
+        return fn
+
+    return wrap
+
+
+def get_estimator(name: str) -> Estimator:
+    if name not in _ESTIMATORS:
+        raise KeyError(f"unknown estimator {name!r}; estimators: {estimator_names()}")
+    return _ESTIMATORS[name]
+
+
+def estimator_names() -> list[str]:
+    return sorted(_ESTIMATORS)
+
+
+# ---------------------------------------------------------------- group statistics
+
+
+def _group_index(group_ids, batch: int) -> tuple[torch.Tensor, int]:
+    """[B] group ids (any ints) -> ([B] index in 0..G−1, G)."""
+    ids = torch.as_tensor(group_ids).flatten()
+    if ids.numel() != batch:
+        raise ValueError(f"{ids.numel()} group ids for {batch} rollouts")
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    return inverse, len(unique)
+
+
+def _check(turn_rewards: torch.Tensor, turn_mask: torch.Tensor) -> torch.Tensor:
+    if turn_rewards.dim() != 2 or turn_rewards.shape != turn_mask.shape:
+        raise ValueError(f"turn_rewards {tuple(turn_rewards.shape)} and turn_mask {tuple(turn_mask.shape)} "
+                         "must both be [B, T]")
+    return turn_mask.bool()
+
+
+def _group_zscore(values, weights, index, num_groups, *, norm_by_std: bool, eps: float) -> torch.Tensor:
+    """Per column, normalise each value by the statistics of its group's weighted members.
+
+    Args:
+        values: [B, C] float64; weights: [B, C] bool (who counts); index: [B] group index.
+    Returns:
+        [B, C] (v − mean_g) / (std_g + eps), or v − mean_g without ``norm_by_std``; a group of
+        fewer than two members has mean 0 and std 1.
+    """
+    w = weights.to(values.dtype)  # [B, C]
+    shape = (num_groups, values.shape[1])
+    count = values.new_zeros(shape).index_add_(0, index, w)  # [G, C] n_g
+    mean = values.new_zeros(shape).index_add_(0, index, values * w) / count.clamp(min=1)  # [G, C] Σ v / n_g
+    deviation = (values - mean[index]) * w  # [B, C]
+    var = values.new_zeros(shape).index_add_(0, index, deviation**2) / (count - 1).clamp(min=1)  # [G, C] unbiased
+    single = count <= 1  # [G, C]
+    mean = torch.where(single, torch.zeros_like(mean), mean)  # group of one: mean 0 ...
+    std = torch.where(single, torch.ones_like(var), var.sqrt())  # ... and std 1
+    centred = values - mean[index]  # [B, C] v − mean_g
+    return centred / (std[index] + eps) if norm_by_std else centred
+
+
+def _group_stats_loop(members: list[torch.Tensor]) -> tuple[float, float]:
+    """(mean, unbiased std) of a list of float64 scalars; (0, 1) for fewer than two."""
+    if len(members) <= 1:
+        return 0.0, 1.0
+    stacked = torch.stack(members)
+    return stacked.mean().item(), stacked.std(unbiased=True).item()
+
+
+def trajectory_scores(turn_rewards: torch.Tensor, turn_mask: torch.Tensor) -> torch.Tensor:
+    """[B] float64 S_i = Σ_t R[i,t] over played turns."""
+    return (turn_rewards.double() * turn_mask.double()).sum(dim=1)  # [B]
+
+
+# ---------------------------------------------------------------- turn_grpo
+
+
+@register_estimator("turn_grpo", level="turn")
+def turn_grpo(turn_rewards, turn_mask, group_ids, *, include_finished: bool = True, norm_by_std: bool = True,
+              eps: float = 1e-6, step_states=None) -> torch.Tensor:
+    """Turn-wise GRPO (ΔBelief-RL): a group z-score per turn index.
+
+    A[i,t] = (R[i,t] − mean_g R[·,t]) / (std_g R[·,t] + eps), g the group of rollout i.
+    ``include_finished=True`` (the reference): every rollout of the group counts at every t, a
+    rollout that already finished with reward 0. ``False``: only rollouts still playing at t count.
+
+    Args:
+        turn_rewards: [B, T]; turn_mask: [B, T] bool; group_ids: [B].
+    Returns:
+        [B, T] advantages in ``turn_rewards``' dtype, 0 on turns not played.
+    """
+    mask = _check(turn_rewards, turn_mask)
+    index, num_groups = _group_index(group_ids, mask.shape[0])
+    rewards = turn_rewards.double() * mask  # [B, T] finished turns count as 0
+    weights = torch.ones_like(mask) if include_finished else mask  # [B, T] who enters the statistics
+    adv = _group_zscore(rewards, weights, index, num_groups, norm_by_std=norm_by_std, eps=eps)  # [B, T]
+    return (adv * mask).to(turn_rewards.dtype)
+
+
+def _turn_grpo_loop(turn_rewards, turn_mask, group_ids, *, include_finished=True, norm_by_std=True, eps=1e-6):
+    mask = turn_mask.bool()
+    batch, turns = mask.shape
+    ids = torch.as_tensor(group_ids).tolist()
+    out = torch.zeros(batch, turns, dtype=torch.float64)
+    for t in range(turns):
+        for g in set(ids):
+            rows = [i for i in range(batch) if ids[i] == g and (include_finished or mask[i, t])]
+            values = [turn_rewards[i, t].double() * mask[i, t] for i in rows]
+            mean, std = _group_stats_loop(values)
+            for i, v in zip(rows, values):
+                if mask[i, t]:
+                    out[i, t] = (v - mean) / (std + eps) if norm_by_std else v - mean
+    return out.to(turn_rewards.dtype)
+
+
+# ---------------------------------------------------------------- grpo (StarPO) and rloo
+
+
+@register_estimator("grpo", level="trajectory")
+def grpo(turn_rewards, turn_mask, group_ids, *, norm_by_std: bool = True, eps: float = 1e-6,
+         step_states=None) -> torch.Tensor:
+    """StarPO / GRPO: z-score of S_i = Σ_t R[i,t] within the group, on every played turn.
+
+    Returns:
+        [B, T], A[i,t] = (S_i − mean_g S) / (std_g S + eps) where turn t was played, else 0.
+    """
+    mask = _check(turn_rewards, turn_mask)
+    index, num_groups = _group_index(group_ids, mask.shape[0])
+    scores = trajectory_scores(turn_rewards, mask)[:, None]  # [B, 1] S_i
+    adv = _group_zscore(scores, torch.ones_like(scores, dtype=torch.bool), index, num_groups,
+                        norm_by_std=norm_by_std, eps=eps)  # [B, 1]
+    return (adv * mask).to(turn_rewards.dtype)  # [B, T] broadcast to played turns
+
+
+def _grpo_loop(turn_rewards, turn_mask, group_ids, *, norm_by_std=True, eps=1e-6):
+    mask = turn_mask.bool()
+    ids = torch.as_tensor(group_ids).tolist()
+    scores = [(turn_rewards[i].double() * mask[i]).sum() for i in range(len(ids))]
+    out = torch.zeros(mask.shape, dtype=torch.float64)
+    for i, g in enumerate(ids):
+        mean, std = _group_stats_loop([scores[j] for j in range(len(ids)) if ids[j] == g])
+        value = (scores[i] - mean) / (std + eps) if norm_by_std else scores[i] - mean
+        out[i] = value * mask[i]
+    return out.to(turn_rewards.dtype)
+
+
+@register_estimator("rloo", level="trajectory")
+def rloo(turn_rewards, turn_mask, group_ids, *, step_states=None) -> torch.Tensor:
+    """REINFORCE leave-one-out: A_i = S_i − (Σ_{j∈g} S_j − S_i) / (n_g − 1) on every played turn.
+
+    A group of one has baseline 0 (A_i = S_i), as verl's RLOO.
+    """
+    mask = _check(turn_rewards, turn_mask)
+    index, num_groups = _group_index(group_ids, mask.shape[0])
+    scores = trajectory_scores(turn_rewards, mask)  # [B] S_i
+    total = scores.new_zeros(num_groups).index_add_(0, index, scores)  # [G] Σ_{j∈g} S_j
+    count = scores.new_zeros(num_groups).index_add_(0, index, torch.ones_like(scores))  # [G] n_g
+    others = (count[index] - 1).clamp(min=1)  # [B] n_g − 1
+    baseline = torch.where(count[index] > 1, (total[index] - scores) / others, torch.zeros_like(scores))  # [B]
+    return ((scores - baseline)[:, None] * mask).to(turn_rewards.dtype)  # [B, T]
+
+
+def _rloo_loop(turn_rewards, turn_mask, group_ids):
+    mask = turn_mask.bool()
+    ids = torch.as_tensor(group_ids).tolist()
+    scores = [(turn_rewards[i].double() * mask[i]).sum() for i in range(len(ids))]
+    out = torch.zeros(mask.shape, dtype=torch.float64)
+    for i, g in enumerate(ids):
+        others = [scores[j] for j in range(len(ids)) if ids[j] == g and j != i]
+        baseline = torch.stack(others).mean() if others else 0.0
+        out[i] = (scores[i] - baseline) * mask[i]
+    return out.to(turn_rewards.dtype)
+
+
+# ---------------------------------------------------------------- gigpo
+
+
+def discounted_returns(turn_rewards: torch.Tensor, turn_mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """[B, T] float64 G[i,t] = Σ_{k≥t} γ^(k−t) R[i,k] over played turns."""
+    rewards = turn_rewards.double() * turn_mask.bool()  # [B, T]
+    returns = torch.zeros_like(rewards)  # [B, T]
+    running = rewards.new_zeros(rewards.shape[0])  # [B]
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running  # G_t = R_t + γ·G_{t+1}
+        returns[:, t] = running
+    return returns
+
+
+def _step_keys(step_states, mask: torch.Tensor, group_ids: list) -> dict[tuple[int, int], Hashable]:
+    """(i, t) -> (group id, state) for every played turn; states are grouped within a target's group."""
+    if step_states is None:
+        raise ValueError("gigpo needs step_states: one hashable state per played turn of every rollout")
+    if len(step_states) != mask.shape[0]:
+        raise ValueError(f"step_states has {len(step_states)} rows for {mask.shape[0]} rollouts")
+    keys = {}
+    for i, row in enumerate(step_states):
+        played = int(mask[i].sum())
+        if len(row) < played:
+            raise ValueError(f"rollout {i}: {len(row)} step states for {played} played turns")
+        for t in range(played):
+            keys[(i, t)] = (group_ids[i], row[t])
+    return keys
+
+
+@register_estimator("gigpo", level="trajectory")
+def gigpo(turn_rewards, turn_mask, group_ids, *, norm_by_std: bool = True, eps: float = 1e-6,
+          gigpo_gamma: float = 0.95, gigpo_omega: float = 1.0, step_states=None) -> torch.Tensor:
+    """GiGPO: episode advantage (``grpo``) + ω·step advantage.
+
+    Args:
+        step_states: per rollout, one hashable per played turn: ``step_states[i][t]`` is the state
+            in which rollout i made its (t+1)-th move (in knowledge-base games, the frozenset of
+            nouns still consistent with the answers so far). Steps of one group with equal states
+            form a step group.
+    Returns:
+        [B, T] A = A_episode + gigpo_omega · A_step, where A_step is the z-score of the discounted
+        return G[i,t] (γ = ``gigpo_gamma``) within its step group, 0 for a singleton step group.
+    """
+    mask = _check(turn_rewards, turn_mask)
+    ids = torch.as_tensor(group_ids).flatten().tolist()
+    keys = _step_keys(step_states, mask, ids)
+    numbering: dict[Hashable, int] = {}
+    step_index = torch.zeros(mask.numel(), dtype=torch.long)  # [B·T] step group of each (i, t)
+    for (i, t), key in keys.items():
+        step_index[i * mask.shape[1] + t] = numbering.setdefault(key, len(numbering))
+    returns = discounted_returns(turn_rewards, mask, gigpo_gamma).reshape(-1, 1)  # [B·T, 1]
+    played = mask.reshape(-1, 1)  # [B·T, 1]
+    step = _group_zscore(returns, played, step_index, max(len(numbering), 1), norm_by_std=norm_by_std, eps=eps)
+    sizes = torch.zeros(max(len(numbering), 1), dtype=torch.float64).index_add_(0, step_index, played[:, 0].double())  # step group sizes
+    step = torch.where(sizes[step_index][:, None] > 1, step, torch.zeros_like(step)).reshape(mask.shape)  # [B, T]
+    episode = grpo(turn_rewards.double(), mask, group_ids, norm_by_std=norm_by_std, eps=eps)  # [B, T]
+    return ((episode + gigpo_omega * step) * mask).to(turn_rewards.dtype)  # A = A_episode + ω·A_step
+
+
+def _gigpo_loop(turn_rewards, turn_mask, group_ids, *, norm_by_std=True, eps=1e-6, gigpo_gamma=0.95,
+                gigpo_omega=1.0, step_states=None):
+    mask = turn_mask.bool()
+    ids = torch.as_tensor(group_ids).tolist()
+    episode = _grpo_loop(turn_rewards.double(), mask, group_ids, norm_by_std=norm_by_std, eps=eps)
+    members: dict[Hashable, list[tuple[int, int]]] = defaultdict(list)
+    for i, row in enumerate(step_states):
+        for t in range(int(mask[i].sum())):
+            members[(ids[i], row[t])].append((i, t))
+    out = episode.clone()
+    for steps in members.values():
+        if len(steps) < 2:
+            continue
+        returns = []
+        for i, t in steps:
+            future = [turn_rewards[i, k].double() * gigpo_gamma ** (k - t) for k in range(t, int(mask[i].sum()))]
+            returns.append(torch.stack(future).sum())
+        mean, std = _group_stats_loop(returns)
+        for (i, t), g in zip(steps, returns):
+            out[i, t] += gigpo_omega * ((g - mean) / (std + eps) if norm_by_std else g - mean)
+    return (out * mask).to(turn_rewards.dtype)
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def to_token_level(turn_adv: torch.Tensor, response_mask: torch.Tensor,
+                   turn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Spread per-turn advantages over the policy's tokens.
+
+    Args:
+        turn_adv: [B, T]; response_mask: [B, L], 1 on policy-sampled tokens (one contiguous run
+            per move, as :meth:`Trajectory.response_mask`); turn_mask: optional [B, T], when given
+            each row must have exactly as many runs as played turns.
+    Returns:
+        [B, L]: the k-th run of 1s in row i gets turn_adv[i, k]; 0 elsewhere.
+    """
+    mask = response_mask.bool()  # [B, L]
+    previous = torch.cat([mask.new_zeros(mask.shape[0], 1), mask[:, :-1]], dim=1)  # [B, L] mask shifted right
+    starts = mask & ~previous  # [B, L] first token of each run
+    run = starts.long().cumsum(dim=1) - 1  # [B, L] run number k (−1 before the first run)
+    num_runs = starts.sum(dim=1)  # [B]
+    limit = turn_mask.bool().sum(dim=1) if turn_mask is not None else torch.full_like(num_runs, turn_adv.shape[1])
+    bad = (num_runs != limit) if turn_mask is not None else (num_runs > limit)  # [B]
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise ValueError(f"row {row}: response_mask has {int(num_runs[row])} runs of policy tokens "
+                         f"but {int(limit[row])} turns")
+    if turn_adv.shape[1] == 0:
+        return torch.zeros(mask.shape, dtype=turn_adv.dtype, device=turn_adv.device)
+    values = turn_adv.gather(1, run.clamp(min=0))  # [B, L] turn_adv[i, k(l)]
+    return values * mask.to(turn_adv.dtype)
+
+
+def _to_token_level_loop(turn_adv: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(response_mask.shape, dtype=turn_adv.dtype)
+    for i in range(response_mask.shape[0]):
+        k, inside = -1, False
+        for pos in range(response_mask.shape[1]):
+            if response_mask[i, pos]:
+                k += 0 if inside else 1
+                out[i, pos] = turn_adv[i, k]
+            inside = bool(response_mask[i, pos])
+    return out

@@ -1,0 +1,1 @@
+"""Datasets: target synthesis, outside formats and the built-in knowledge bases."""

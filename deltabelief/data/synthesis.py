@@ -1,0 +1,184 @@
+"""``deltabelief synth``: targets with splits, and teacher trajectories for the warm start.
+
+Outputs in ``out_dir``:
+
+- ``targets.parquet``       always (schema: :mod:`deltabelief.data.targets`);
+- ``trajectories.parquet``  when ``data.teacher`` is not 'none' and the source is the knowledge base;
+- ``synthesis.json``        the report: counts per split, duplicates, teacher statistics.
+
+Schema of ``trajectories.parquet`` (one row per teacher game; docs/data.md):
+``id``, ``task``, ``target_id``, ``target``, ``split``, ``teacher``, ``messages`` (opening
+messages, then assistant move / user answer per turn), ``moves``, ``answers``, ``statuses``
+(lists of N), ``num_turns`` (N), ``max_turns``, ``solved``, ``log_posterior`` (N+1 floats,
+log b*_t = −log|C_t| for t = 0..N; empty for tasks without a knowledge base).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deltabelief.config import DataConfig, GameConfig
+from deltabelief.data.loaders import parse_source
+from deltabelief.data.targets import TargetTable, build_targets, make_game
+from deltabelief.data.teachers import TeacherGame, make_teacher, play_teacher_games
+from deltabelief.games.base import Game, Target
+
+logger = logging.getLogger(__name__)
+
+TRAJECTORY_COLUMNS = (
+    "id", "task", "target_id", "target", "split", "teacher", "messages", "moves", "answers",
+    "statuses", "num_turns", "max_turns", "solved", "log_posterior",
+)
+
+
+@dataclass
+class SynthesisResult:
+    targets_path: Path
+    trajectories_path: Path | None
+    """None when no teacher games were played (teacher 'none', or a source other than kb)."""
+    report_path: Path
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable lines for the CLI (teacher mean questions next to log2(#nouns))."""
+        r = self.report
+        lines = [
+            f"targets: {r['num_targets']} ({', '.join(f'{k} {v}' for k, v in r['splits'].items())}), "
+            f"{r['num_duplicates']} duplicate(s) reported -> {self.targets_path}"
+        ]
+        teacher = r.get("teacher")
+        if teacher and "skipped" in teacher:
+            lines.append(f"trajectories: skipped ({teacher['skipped']})")
+        elif teacher:
+            lines.append(
+                f"trajectories: {teacher['games_kept']} of {teacher['games_played']} {teacher['name']} games kept, "
+                f"solved {teacher['solved_rate']:.1%} -> {self.trajectories_path}"
+            )
+            lines.append(
+                f"teacher mean questions {teacher['mean_questions']:.2f} vs log2(#nouns) "
+                f"{teacher['log2_nouns']:.2f} ({teacher['num_nouns']} nouns)"
+            )
+        return lines
+
+
+def game_messages(opening: list[dict], moves: list[str], answers: list[str]) -> list[dict[str, str]]:
+    """Opening messages, then one assistant move and one user answer per turn."""
+    messages = [dict(m) for m in opening]
+    for move, answer in zip(moves, answers):
+        messages.append({"role": "assistant", "content": move})
+        messages.append({"role": "user", "content": answer})
+    return messages
+
+
+def trajectory_rows(games: list[TeacherGame], teacher: str, split_of: dict[str, str], game: Game) -> list[dict]:
+    """One ``trajectories.parquet`` row per game; ids are ``{teacher}-{game index:05d}``."""
+    rows = []
+    for index, g in enumerate(games):
+        state = g.state
+        answers = [t.answer for t in state.turns]
+        rows.append(
+            {
+                "id": f"{teacher}-{index:05d}",
+                "task": state.target.task,
+                "target_id": state.target.id,
+                "target": state.target.target,
+                "split": split_of[state.target.id],
+                "teacher": teacher,
+                "messages": game_messages(game.opening_messages(state.target), g.moves, answers),
+                "moves": g.moves,
+                "answers": answers,
+                "statuses": g.statuses,
+                "num_turns": state.num_turns,
+                "max_turns": state.max_turns,
+                "solved": bool(state.solved),
+                "log_posterior": [float(x) for x in g.log_posterior],
+            }
+        )
+    return rows
+
+
+def schedule_targets(targets: list[Target], num_games: int, seed: int) -> list[Target]:
+    """``num_games`` targets: a seeded shuffle of all targets, cycled as often as needed."""
+    order = list(targets)
+    random.Random(seed).shuffle(order)
+    return [order[i % len(order)] for i in range(num_games)] if order else []
+
+
+def play_teachers(data: DataConfig, game_config: GameConfig, table: TargetTable) -> tuple[list[dict], dict]:
+    """Teacher games over the knowledge base: (rows, report). Rows are filtered by ``only_solved``."""
+    from deltabelief.data.knowledge_base import load_kb
+    from deltabelief.judges import get_judge
+
+    nouns = game_config.kb_nouns or None
+    kb = load_kb(nouns=nouns)
+    game = make_game("twenty_questions", game_config)
+    judge = get_judge("kb", nouns=nouns)
+    rng = random.Random(data.seed)
+    teacher = make_teacher(data.teacher, kb, data.noise_epsilon)
+    scheduled = schedule_targets(table.targets, data.num_games, data.seed)
+    games = play_teacher_games(teacher, scheduled, game, judge, kb, rng)
+    split_of = {t.id: s for t, s in zip(table.targets, table.splits)}
+    rows = trajectory_rows(games, teacher.name, split_of, game)
+    turns = [r["num_turns"] for r in rows]
+    solved_turns = [r["num_turns"] for r in rows if r["solved"]]
+    kept = [r for r in rows if r["solved"]] if data.only_solved else rows
+    report = {
+        "name": teacher.name,
+        "noise_epsilon": data.noise_epsilon if teacher.name == "noisy" else 0.0,
+        "only_solved": data.only_solved,
+        "games_played": len(rows),
+        "games_kept": len(kept),
+        "games_rejected": len(rows) - len(kept),
+        "solved_rate": len(solved_turns) / len(rows) if rows else 0.0,
+        "mean_questions": sum(turns) / len(turns) if turns else 0.0,
+        "mean_questions_solved": sum(solved_turns) / len(solved_turns) if solved_turns else 0.0,
+        "max_questions": max(turns, default=0),
+        "num_nouns": len(kb.nouns),
+        "log2_nouns": math.log2(len(kb.nouns)),
+    }
+    logger.info(
+        "%s teacher: %d games, mean questions %.2f vs log2(#nouns) %.2f",
+        teacher.name, len(rows), report["mean_questions"], report["log2_nouns"],
+    )
+    return kept, report
+
+
+def synthesize(data: DataConfig, game: GameConfig, out_dir: str | Path) -> SynthesisResult:
+    """Write ``targets.parquet`` (and ``trajectories.parquet``) plus ``synthesis.json`` in ``out_dir``."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = build_targets(data, game)
+    targets_path = out / "targets.parquet"
+    table.frame().to_parquet(targets_path, index=False)
+    report: dict[str, Any] = {
+        "source": data.source,
+        "task": data.task,
+        "seed": data.seed,
+        "split_fractions": list(data.split),
+        "num_records": table.num_records,
+        "num_targets": len(table.targets),
+        "splits": table.split_counts(),
+        "num_duplicates": len(table.duplicates),
+        "duplicates": table.duplicates,
+    }
+    trajectories_path = None
+    if data.teacher != "none":
+        kind, _ = parse_source(data.source)
+        if kind != "kb":
+            report["teacher"] = {"skipped": f"teacher games need --source kb, not {data.source!r}"}
+            logger.warning("no teacher games: %s", report["teacher"]["skipped"])
+        else:
+            rows, report["teacher"] = play_teachers(data, game, table)
+            trajectories_path = out / "trajectories.parquet"
+            pd.DataFrame(rows, columns=list(TRAJECTORY_COLUMNS)).to_parquet(trajectories_path, index=False)
+    report_path = out / "synthesis.json"
+    report_path.write_text(json.dumps(report, indent=2, sort_keys=True))
+    return SynthesisResult(targets_path, trajectories_path, report_path, report)

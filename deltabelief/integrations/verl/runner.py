@@ -1,0 +1,199 @@
+"""Launch ΔBelief-RL on verl: dataset files, the trainer hook, the Ray task runner, :func:`run_verl`.
+
+The trainer is verl's DataProto PPO trainer (``RayPPOTrainer``, ``trainer.use_v1=false``) with one
+hook, :meth:`DeltaBeliefTrainer._compute_old_log_prob`. verl calls it once per step, on the driver,
+after the rollouts and before the advantages. Before computing the old log-probs as usual it
+
+1. scores log b_0..log b_N of every rollout with the actor worker group's ``compute_log_prob``
+   on elicitation rows (:mod:`.belief`, the current policy at temperature 1);
+2. turns beliefs, statuses and outcomes into per-turn rewards at each turn's last token
+   (:class:`.reward_manager.DeltaBeliefRewardManager`);
+3. writes them into ``batch.batch["rm_scores"]`` in place. verl's ``fit`` has already taken that
+   tensor as the step's reward (``extract_reward`` returns the stored tensor itself, a contract
+   the tests check), so the advantage estimator (:mod:`.estimator`) sees the per-turn rewards.
+
+verl's ``TaskRunner`` is a Ray actor class, which Ray does not allow subclassing; the runner here
+subclasses its plain base (``BaseTaskRunner``) and mirrors ``TaskRunner.run`` with our trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from omegaconf import DictConfig, OmegaConf
+from verl.protocol import DataProto, pad_dataproto_to_divisor
+from verl.trainer.main_ppo import run_ppo
+from verl.trainer.main_ppo_v0 import BaseTaskRunner
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+from verl.utils import tensordict_utils as tu
+from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+
+from deltabelief.config import Config
+from deltabelief.games.base import Target
+from deltabelief.integrations.verl import agent_loop as _agent_loop  # noqa: F401  (registers the loop)
+from deltabelief.integrations.verl import estimator as _estimator  # noqa: F401  (registers estimators)
+from deltabelief.integrations.verl.belief import TURN_ENDS_KEY, score_beliefs
+from deltabelief.integrations.verl.config_gen import (
+    AGENT_LOOP_NAME, CONFIG_SECTION, compose_verl_config, config_from_section, write_agent_loop_config,
+)
+from deltabelief.integrations.verl.reward_manager import BELIEF_KEY, BELIEF_MASK_KEY, DeltaBeliefRewardManager
+from deltabelief.session import build_game
+
+log = logging.getLogger(__name__)
+
+
+class DeltaBeliefTrainer(RayPPOTrainer):
+    """verl's PPO trainer with ΔBelief per-turn rewards scored by the actor (see the module docstring)."""
+
+    def _compute_old_log_prob(self, batch: DataProto):
+        if TURN_ENDS_KEY in batch.non_tensor_batch:
+            self._write_delta_belief_rewards(batch)
+        return super()._compute_old_log_prob(batch)
+
+    def _update_actor(self, batch: DataProto) -> DataProto:
+        output = super()._update_actor(batch)
+        output.meta_info["metrics"].update(getattr(self, "_delta_belief_metrics", {}))
+        return output
+
+    def _write_delta_belief_rewards(self, batch: DataProto) -> None:
+        """Score beliefs, compute r_t, and overwrite ``rm_scores`` [B, L] in place."""
+        settings = config_from_section(self.config[CONFIG_SECTION])
+        log_beliefs, mask = score_beliefs(
+            batch, self.tokenizer, settings.belief.template, self._actor_log_probs,
+            chunk_size=settings.cluster.belief_chunk_size, on_unlocatable=settings.belief.on_unlocatable)
+        batch.batch[BELIEF_KEY], batch.batch[BELIEF_MASK_KEY] = log_beliefs, mask  # [B, T+1]
+        manager = DeltaBeliefRewardManager(self.tokenizer, reward=settings.reward,
+                                           estimator_name=settings.estimator.name)
+        out = manager(batch, return_dict=True)
+        if "rm_scores" not in batch.batch.keys():
+            raise KeyError("the rollout batch has no rm_scores: the agent loop must set reward_score")
+        rm_scores = batch.batch["rm_scores"]  # [B, L], the tensor fit() already holds as the reward
+        rm_scores.copy_(out["reward_tensor"].to(rm_scores.device, rm_scores.dtype))
+        scored = mask.any(dim=1)
+        self._delta_belief_metrics = {
+            **out["metrics"],
+            "belief/log_belief_mean": float(log_beliefs[mask].mean()) if mask.any() else 0.0,
+            "belief/num_excluded": float((~scored).sum()),
+            "rollout/truncated": float(sum(bool(v) for v in batch.non_tensor_batch["db_truncated"])),
+        }
+
+    def _actor_log_probs(self, rows: DataProto) -> torch.Tensor:
+        """[M, R] log π of the rows' response tokens from the actor worker group (temperature 1)."""
+        dp_size = self._get_dp_size(self.actor_rollout_wg, "actor")
+        padded, pad = pad_dataproto_to_divisor(rows, dp_size)  # the worker group splits rows evenly
+        padded.meta_info = {**rows.meta_info, "temperature": 1.0,
+                            "global_token_num": padded.batch["attention_mask"].sum(dim=1).tolist()}
+        batch_td = left_right_2_no_padding(padded.to_tensordict())
+        tu.assign_non_tensor(batch_td, calculate_entropy=False, compute_loss=False)
+        output = self.actor_rollout_wg.compute_log_prob(batch_td)
+        log_probs = no_padding_2_padding(tu.get(output, "log_probs"), batch_td)  # [M + pad, R]
+        return log_probs[: len(rows)].float()
+
+
+@ray.remote
+class DeltaBeliefTaskRunner(BaseTaskRunner):
+    """verl's task runner (a Ray actor on the cluster) building :class:`DeltaBeliefTrainer`."""
+
+    def run(self, config: DictConfig) -> None:
+        from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler, need_critic, need_reference_policy
+        from verl.utils.config import omega_conf_to_dataclass, validate_config
+        from verl.utils.dataset.rl_dataset import collate_fn
+        from verl.workers.config import HFModelConfig
+
+        log.info("ΔBelief task runner on %s (pid %d)", socket.gethostname(), os.getpid())
+        OmegaConf.resolve(config)
+        actor_rollout_cls, worker_group_cls = self.add_actor_rollout_worker(config)
+        self.add_critic_worker(config)
+        self.add_reward_model_resource_pool(config)
+        self.add_teacher_model_resource_pool(config)
+        validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+        model_config: HFModelConfig = omega_conf_to_dataclass(config.actor_rollout_ref.model)
+        tokenizer, processor = model_config.tokenizer, model_config.processor
+        data = config.data
+        train_dataset = create_rl_dataset(data.train_files, data, tokenizer, processor, is_train=True,
+                                          max_samples=data.get("train_max_samples", -1))
+        val_dataset = create_rl_dataset(data.val_files, data, tokenizer, processor, is_train=False,
+                                        max_samples=data.get("val_max_samples", -1))
+        trainer = DeltaBeliefTrainer(
+            config=config, tokenizer=tokenizer, processor=processor,
+            role_worker_mapping=self.role_worker_mapping, resource_pool_manager=self.init_resource_pool_mgr(config),
+            ray_worker_group_cls=worker_group_cls, train_dataset=train_dataset, val_dataset=val_dataset,
+            collate_fn=collate_fn, train_sampler=create_rl_sampler(data, train_dataset),
+        )
+        trainer.init_workers()
+        trainer.fit()
+
+
+def dataset_rows(targets: list[Target], config: Config) -> list[dict[str, Any]]:
+    """verl RL dataset rows: the opening messages as ``prompt``, the target in ``extra_info``."""
+    game = build_game(config)
+    rows = []
+    for index, target in enumerate(targets):
+        messages = [dict(m) for m in (target.messages or game.opening_messages(target))]
+        rows.append({
+            "data_source": target.task,
+            "prompt": messages,
+            "agent_name": AGENT_LOOP_NAME,
+            "reward_model": {"style": "rule", "ground_truth": target.target},
+            "extra_info": {"index": index, "target_id": target.id, "task": target.task, "target": target.target,
+                           "extra_json": target.extra_json()},
+        })
+    return rows
+
+
+def write_verl_dataset(targets: list[Target], config: Config, path: str | Path) -> Path:
+    """Write ``targets`` as a verl RL parquet file (read by ``verl.utils.dataset.RLHFDataset``)."""
+    import pandas as pd
+
+    if not targets:
+        raise ValueError(f"no targets to write to {path}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(dataset_rows(targets, config)).to_parquet(path, index=False)
+    return path
+
+
+def prepare_verl_run(config: Config, targets_path: str | Path, out_dir: str | Path) -> DictConfig:
+    """Dataset files, agent-loop yaml and the composed verl config (saved as ``verl_config.yaml``)."""
+    from deltabelief.data.targets import read_targets
+
+    out = Path(out_dir)
+    train, val = read_targets(targets_path, "train"), read_targets(targets_path, "val")
+    if len(train) < config.train.targets_per_step:
+        raise ValueError(f"{targets_path}: {len(train)} train targets, fewer than train.targets_per_step="
+                         f"{config.train.targets_per_step} (a step would never fill)")
+    if not val:
+        raise ValueError(f"{targets_path}: the val split is empty; verl validates on it")
+    verl_config = compose_verl_config(
+        config,
+        train_files=str(write_verl_dataset(train, config, out / "data" / "train.parquet")),
+        val_files=str(write_verl_dataset(val, config, out / "data" / "val.parquet")),
+        out_dir=str(out),
+        agent_loop_config_path=str(write_agent_loop_config(out / "agent_loops.yaml")),
+    )
+    OmegaConf.save(verl_config, out / "verl_config.yaml")
+    return verl_config
+
+
+def run_verl(config: Config, targets_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Train ``config`` on a Ray cluster with verl (FSDP actor, vLLM rollouts); GPU only.
+
+    Joins the running Ray cluster when there is one (``ray.init`` is left to verl otherwise).
+    Returns where everything went and the sizes of the run.
+    """
+    verl_config = prepare_verl_run(config, targets_path, out_dir)
+    run_ppo(verl_config, task_runner_class=DeltaBeliefTaskRunner)
+    out = Path(out_dir)
+    return {
+        "out_dir": str(out),
+        "checkpoint_dir": str(verl_config.trainer.default_local_dir),
+        "verl_config": str(out / "verl_config.yaml"),
+        "num_steps": config.train.num_steps,
+        "rollouts_per_step": config.train.targets_per_step * config.train.rollouts_per_target,
+    }

@@ -1,0 +1,287 @@
+"""The pipeline's stages as plain functions: one job each, tracked in MLflow.
+
+Each stage opens a nested MLflow run under the pipeline's parent run, calls the
+library, logs what it made and returns plain paths and values. The Flyte tasks
+in ``tasks/`` are thin wrappers around these, so the whole pipeline also runs
+from Python (``run_pipeline``) with the same behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from deltabelief.config import Config, TrackingConfig, config_hash, override
+from deltabelief.tracking import Tracker, log_transformers_model, register_model, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """Where the pipeline's parent MLflow run lives (passed from stage to stage)."""
+
+    tracking_uri: str = ""
+    parent_run_id: str = ""
+    experiment: str = "deltabelief"
+
+    def tracking(self) -> TrackingConfig:
+        return TrackingConfig(tracking_uri=self.tracking_uri, experiment=self.experiment)
+
+    def stage(self, name: str) -> Tracker:
+        parent = Tracker.attach(self.tracking_uri, self.parent_run_id)
+        return parent.child(self.tracking(), name)
+
+    def parent(self) -> Tracker:
+        return Tracker.attach(self.tracking_uri, self.parent_run_id)
+
+
+@dataclass
+class EvalSummary:
+    metrics: dict[str, float] = field(default_factory=dict)
+    report_dir: str = ""
+    suite_signature: str = ""
+
+
+def file_digest(path: str | Path) -> str:
+    """The data version: a short content hash of a dataset file."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def suite_signature(config: Config) -> str:
+    """Which evaluation a score belongs to: the same signature means comparable scores."""
+    ev = config.eval
+    parts = {
+        "suites": ev.suites, "k": ev.k, "budgets": ev.budgets, "num_targets": ev.num_targets,
+        "sources": ev.sources, "seed": ev.seed, "judge": ev.judge.backend, "judge_model": ev.judge.model,
+        "data": [config.data.source, config.data.seed, config.data.split], "kb_nouns": config.game.kb_nouns,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _run_stage(ctx: RunContext, name: str, body):
+    """Run ``body(tracker)`` inside a nested stage run, closed FAILED when the body raises."""
+    tracker = ctx.stage(name)
+    try:
+        result = body(tracker)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close()
+    return result
+
+
+# ---------------------------------------------------------------- stages
+
+
+def start_pipeline(config: Config, run_name: str = "pipeline") -> RunContext:
+    """Open the parent run and record the config, its hash and the code version."""
+    tracker = Tracker.start(config.tracking, run_name, tags={"deltabelief.preset": config.name})
+    tracker.log_config(config)
+    return RunContext(resolve_tracking_uri(config.tracking), tracker.run_id, config.tracking.experiment)
+
+
+def finish_pipeline(ctx: RunContext, status: str = "FINISHED") -> None:
+    ctx.parent().close(status)
+
+
+def synthesize_stage(config: Config, out_dir: Path, ctx: RunContext) -> tuple[Path, Path | None]:
+    from deltabelief.data.synthesis import synthesize
+
+    def body(tracker: Tracker):
+        result = synthesize(config.data, config.game, out_dir)
+        version = file_digest(result.targets_path)
+        tracker.log_dict(result.report, "synthesis_report.json")
+        tracker.log_artifact(result.targets_path, "data")
+        if result.trajectories_path:
+            tracker.log_artifact(result.trajectories_path, "data")
+        tags = {"deltabelief.data_version": version, "deltabelief.data_uri": str(result.targets_path)}
+        tracker.set_tags(tags)
+        ctx.parent().set_tags(tags)
+        return result.targets_path, result.trajectories_path
+
+    return _run_stage(ctx, "synthesize", body)
+
+
+def validate_stage(kind: str, path: Path, ctx: RunContext) -> Path:
+    """Check a dataset against its contract; on failure the pipeline's parent run is marked FAILED."""
+    from deltabelief.data.contracts import ContractError, report_path_for, validate_dataset
+
+    def body(tracker: Tracker):
+        try:
+            validate_dataset(kind, path)
+        except ContractError as err:
+            tracker.log_dict(err.report, f"contract_{kind}.json")
+            ctx.parent().set_tags({"deltabelief.failed_stage": f"validate-{kind}"})
+            finish_pipeline(ctx, "FAILED")
+            raise
+        report = report_path_for(path)
+        tracker.log_artifact(report, "contracts")
+        return report
+
+    return _run_stage(ctx, f"validate-{kind}", body)
+
+
+def warm_start_stage(config: Config, trajectories: Path, out_dir: Path, ctx: RunContext) -> Path:
+    from deltabelief.training.sft import warm_start
+
+    def body(tracker: Tracker):
+        tracker.log_config(config)
+        return warm_start(config, trajectories, out_dir, log_fn=lambda m, step: tracker.log(m, step))
+
+    return _run_stage(ctx, "warm_start", body)
+
+
+def calibrate_stage(config: Config, model_dir: Path, trajectories: Path, out_dir: Path, ctx: RunContext) -> tuple[str, list[str]]:
+    """Returns the chosen elicitation template and the ids of targets to exclude from training."""
+    from deltabelief.calibration import calibrate, excluded_target_ids
+
+    def body(tracker: Tracker):
+        report = calibrate(override(config, {"policy.model": str(model_dir)}), trajectories, out_dir)
+        tracker.log_artifact(out_dir, "calibration")
+        tracker.log({f"calibration/{k}": v for k, v in _flat_numbers(report.per_template).items()})
+        tracker.set_tags({"calibration.chosen_template": report.chosen_template})
+        return report.chosen_template, sorted(excluded_target_ids(report))
+
+    return _run_stage(ctx, "calibrate", body)
+
+
+def train_stage(
+    config: Config, model_dir: Path, targets: Path, template: str, excluded: list[str], out_dir: Path, ctx: RunContext
+) -> Path:
+    from deltabelief.data.targets import read_targets
+
+    def body(tracker: Tracker):
+        run_config = override(config, {"policy.model": str(model_dir), "belief.template": template})
+        tracker.log_config(run_config)
+        train_targets = [t for t in read_targets(targets, split="train") if t.id not in set(excluded)]
+        if config.train.backend == "verl":
+            from deltabelief.integrations.verl.runner import run_verl
+
+            result = run_verl(run_config, targets, out_dir)
+            return Path(result["model_dir"])
+        from deltabelief.training.rl import run_rl
+
+        result = run_rl(run_config, train_targets, out_dir, log_fn=lambda m, step: tracker.log(m, step))
+        samples = Path(out_dir) / "samples"
+        if samples.exists():
+            tracker.log_artifact(samples, "rollout_samples")
+        return result.model_dir
+
+    return _run_stage(ctx, "train", body)
+
+
+def evaluate_stage(config: Config, model_dir: Path, out_dir: Path, ctx: RunContext, stage: str = "evaluate") -> EvalSummary:
+    from deltabelief.evaluation import evaluate
+    from deltabelief.policy.policy import Policy
+
+    def body(tracker: Tracker):
+        eval_config = override(config, {"policy.model": str(model_dir)})
+        policy = Policy.from_config(eval_config.policy, seed=config.eval.seed)
+        result = evaluate(
+            eval_config.eval, policy, out_dir, data=config.data, game=config.game, belief=config.belief
+        )
+        tracker.log(result.metrics)
+        tracker.log_artifact(result.out_dir, "evaluation")
+        signature = suite_signature(config)
+        tracker.set_tags({"eval.suite_signature": signature})
+        return EvalSummary(dict(result.metrics), str(result.out_dir), signature)
+
+    return _run_stage(ctx, stage, body)
+
+
+def register_stage(config: Config, model_dir: Path, summary: EvalSummary, ctx: RunContext) -> str:
+    """Log the policy as an MLflow transformers model and register it with alias 'challenger'."""
+
+    def body(tracker: Tracker):
+        model_uri = log_transformers_model(tracker, model_dir)
+        parent_tags = ctx.parent().client.get_run(ctx.parent_run_id).data.tags
+        tags = {
+            "deltabelief.config_hash": config_hash(config),
+            "deltabelief.git_commit": parent_tags.get("deltabelief.git_commit", "unknown"),
+            "deltabelief.data_version": parent_tags.get("deltabelief.data_version", "unknown"),
+            "deltabelief.pipeline_run": ctx.parent_run_id,
+            "eval.suite_signature": summary.suite_signature,
+        }
+        version = register_model(ctx.tracking_uri, model_uri, config.tracking.registered_model_name, tags)
+        tracker.set_tags({"registry.version": version, "registry.model_uri": model_uri})
+        return version
+
+    return _run_stage(ctx, "register", body)
+
+
+def promote_stage(config: Config, version: str, summary: EvalSummary, ctx: RunContext, out_dir: Path) -> dict:
+    """Move 'champion' to ``version`` if it beats the champion on the gate metric by the margin."""
+    from deltabelief.tracking import champion_version, promote
+
+    def body(tracker: Tracker):
+        gate = config.tracking.gate_metric
+        if gate not in summary.metrics:
+            raise KeyError(f"gate metric {gate!r} not in the evaluation metrics {sorted(summary.metrics)}")
+        name = config.tracking.registered_model_name
+        champion = champion_version(ctx.tracking_uri, name)
+        champion_score = None
+        if champion is not None and champion.tags.get("gate.suite_signature") != summary.suite_signature:
+            # Scores from another suite are not comparable: re-evaluate the champion here.
+            champion_dir = _download_model(ctx.tracking_uri, champion.source, out_dir / "champion_model")
+            champion_eval = evaluate_stage(config, champion_dir, out_dir / "champion_eval", ctx, "evaluate-champion")
+            champion_score = champion_eval.metrics[gate]
+        decision = promote(
+            ctx.tracking_uri, name, version, gate_metric=gate, candidate_score=summary.metrics[gate],
+            suite_signature=summary.suite_signature, margin=config.tracking.gate_margin,
+            champion_score=champion_score,
+        )
+        tracker.log_dict(asdict(decision), "promotion_decision.json")
+        ctx.parent().set_tags({"promotion.promoted": str(decision.promoted), "promotion.reason": decision.reason})
+        return asdict(decision)
+
+    return _run_stage(ctx, "promote", body)
+
+
+def _download_model(uri: str, source: str, dest: Path) -> Path:
+    """Fetch a registered transformers model and save it as a plain checkpoint directory."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    components = mlflow.transformers.load_model(source, return_type="components")
+    dest.mkdir(parents=True, exist_ok=True)
+    components["model"].save_pretrained(dest)
+    components["tokenizer"].save_pretrained(dest)
+    return dest
+
+
+def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_numbers(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+# ---------------------------------------------------------------- without Flyte
+
+
+def run_pipeline(config: Config, work_dir: Path) -> dict:
+    """Every stage in order, in-process (the Flyte workflow runs the same stages as tasks)."""
+    ctx = start_pipeline(config)
+    try:
+        targets, trajectories = synthesize_stage(config, work_dir / "data", ctx)
+        validate_stage("targets", targets, ctx)
+        validate_stage("trajectories", trajectories, ctx)
+        model = warm_start_stage(config, trajectories, work_dir / "sft", ctx)
+        template, excluded = calibrate_stage(config, model, trajectories, work_dir / "calibration", ctx)
+        trained = train_stage(config, model, targets, template, excluded, work_dir / "rl", ctx)
+        summary = evaluate_stage(config, trained, work_dir / "eval", ctx)
+        version = register_stage(config, trained, summary, ctx)
+        decision = promote_stage(config, version, summary, ctx, work_dir / "promote")
+    except BaseException:
+        finish_pipeline(ctx, "FAILED")
+        raise
+    finish_pipeline(ctx)
+    return {"run_id": ctx.parent_run_id, "version": version, "decision": decision, "metrics": summary.metrics}

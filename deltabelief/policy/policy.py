@@ -1,0 +1,89 @@
+"""The questioner: a causal LM, its tokenizer and its sampling settings in one object."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from deltabelief.config import PolicyConfig
+from deltabelief.policy.chat import end_of_turn_ids
+from deltabelief.policy.loading import load_causal_lm
+from deltabelief.policy.lora import apply_lora, merged_copy
+from deltabelief.policy.sampling import Sample, SamplingParams, StopTokens, sample_batch
+
+log = logging.getLogger(__name__)
+
+
+class Policy:
+    """Model + tokenizer + :class:`~deltabelief.config.PolicyConfig`.
+
+    ``model`` may be a peft model (LoRA); :meth:`save` always writes merged weights.
+    """
+
+    def __init__(self, model, tokenizer, config: PolicyConfig):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self._stops: StopTokens | None = None
+
+    @classmethod
+    def from_config(cls, config: PolicyConfig, seed: int = 0) -> "Policy":
+        """Load ``config.model`` (seed only matters for the random 'tiny' model) and apply LoRA if enabled."""
+        model, tokenizer = load_causal_lm(config.model, config.dtype, seed)
+        return cls(apply_lora(model, config.lora), tokenizer, config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def sampling_params(self, eval_mode: bool = False) -> SamplingParams:
+        """Training settings (temperature/top_p/top_k) or the eval_* ones."""
+        c = self.config
+        if eval_mode:
+            return SamplingParams(c.eval_temperature, c.eval_top_p, c.eval_top_k, c.max_new_tokens)
+        return SamplingParams(c.temperature, c.top_p, c.top_k, c.max_new_tokens)
+
+    def stop_tokens(self) -> StopTokens:
+        """Stop at the tokenizer's eos, the generation config's eos ids and the template's
+        end-of-turn marker (when it is a single special token); computed once."""
+        if self._stops is None:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            extra = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+            extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+            marker = end_of_turn_ids(self.tokenizer)[:1]
+            if marker and marker[0] in self.tokenizer.all_special_ids:
+                extra += marker
+            self._stops = StopTokens.for_tokenizer(self.tokenizer, vocab, tuple(extra))
+        return self._stops
+
+    def sample(
+        self, prompt_id_lists: list[list[int]], *, generator: torch.Generator,
+        eval_mode: bool = False, batch_size: int | None = None,
+    ) -> list[Sample]:
+        """One move per prompt, in forward batches of ``batch_size`` (default ``config.batch_size``).
+
+        Chunks are taken in order, so the same generator state gives the same samples.
+        """
+        size = batch_size or self.config.batch_size
+        if size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {size}")
+        params, stops = self.sampling_params(eval_mode), self.stop_tokens()
+        samples: list[Sample] = []
+        for start in range(0, len(prompt_id_lists), size):
+            chunk = prompt_id_lists[start : start + size]
+            samples.extend(sample_batch(self.model, self.tokenizer, chunk, params, generator=generator, stops=stops))
+        return samples
+
+    def save(self, directory: str | Path) -> Path:
+        """Write merged weights, tokenizer and chat template so ``from_pretrained(directory)`` loads them."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model = merged_copy(self.model)
+        model.generation_config.eos_token_id = self.tokenizer.eos_token_id
+        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        log.info("saved policy to %s", directory)
+        return directory

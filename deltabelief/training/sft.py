@@ -1,0 +1,207 @@
+"""Supervised warm start on teacher conversations, with loss only on the questioner's tokens.
+
+Shapes: ``B`` conversations in a micro-batch, ``L`` padded tokens.
+
+A conversation (the ``messages`` column of ``trajectories.parquet``: opening
+messages, then alternating assistant moves and user answers) is rendered with
+the tokenizer's chat template piece by piece, the same way a rollout builds its
+ids (:mod:`deltabelief.policy.chat`): the text before each assistant move
+(system, user and the assistant header) gets no loss; the move's content and
+the end-of-turn marker that closes it get loss; whatever the template writes
+after the marker (a newline) and the user answers get no loss.
+
+The loss is the token mean of −log π(token) over all trained tokens of a batch
+(with gradient accumulation over micro-batches giving the same mean).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from deltabelief.config import Config, OptimConfig, SFTConfig
+from deltabelief.policy.chat import ChatTemplateError, encode, render
+from deltabelief.training.logprobs import right_pad, token_logprobs
+from deltabelief.training.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+
+@dataclass
+class SFTExample:
+    input_ids: list[int]
+    loss_mask: list[int]
+    """1 on the assistant moves and their end-of-turn marker, 0 elsewhere."""
+    truncated: bool = False
+
+
+@dataclass
+class SFTResult:
+    model_dir: Path | None
+    losses: list[float] = field(default_factory=list)
+    """Token-mean loss of every optimizer step, in order."""
+    num_examples: int = 0
+    num_truncated: int = 0
+    num_trained_tokens: int = 0
+
+
+def _after(full: str, prefix: str, where: str) -> str:
+    if not full.startswith(prefix):
+        raise ChatTemplateError(f"{where}: the chat template is not prefix-stable; cannot locate assistant tokens")
+    return full[len(prefix) :]
+
+
+def build_example(tokenizer, messages: Sequence[Message], max_length: int, where: str = "conversation") -> SFTExample:
+    """Token ids and loss mask of one conversation; truncated on the right to ``max_length``.
+
+    The trailing messages after the last assistant move carry no loss and are left out.
+    """
+    messages = [dict(m) for m in messages]
+    roles = [m.get("role") for m in messages]
+    if "assistant" not in roles:
+        raise ValueError(f"{where}: no assistant message to learn from (roles {roles})")
+    eot = tokenizer.eos_token
+    ids: list[int] = []
+    mask: list[int] = []
+    done_text = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        head = render(tokenizer, messages[:i], add_generation_prompt=True)
+        full = render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        context = encode(tokenizer, _after(head, done_text, f"{where}, message {i}"))
+        body = _after(full, head, f"{where}, message {i}")
+        content = message["content"]
+        if not body.startswith(content) or not body[len(content) :].startswith(eot):
+            raise ChatTemplateError(
+                f"{where}, message {i}: expected the move followed by {eot!r} in the template, got {body[:80]!r}"
+            )
+        move = encode(tokenizer, content) + encode(tokenizer, eot)  # trained: the move and its end marker
+        tail = encode(tokenizer, body[len(content) + len(eot) :])  # e.g. the newline after the marker
+        ids += context + move + tail
+        mask += [0] * len(context) + [1] * len(move) + [0] * len(tail)
+        done_text = full
+    truncated = len(ids) > max_length
+    return SFTExample(ids[:max_length], mask[:max_length], truncated)
+
+
+def load_conversations(path: str | Path, split: str = "train") -> list[list[Message]]:
+    """The ``messages`` of every row of a trajectories parquet (only ``split`` rows unless empty)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    for column in ("messages",) + (("split",) if split else ()):
+        if column not in frame.columns:
+            raise ValueError(f"{path}: no '{column}' column (columns: {list(frame.columns)})")
+    if split:
+        frame = frame[frame["split"] == split]
+        if frame.empty:
+            raise ValueError(f"{path}: no rows with split == {split!r}")
+    conversations = []
+    for row_id, messages in zip(frame.get("id", frame.index), frame["messages"]):
+        items = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+        if not items:
+            raise ValueError(f"{path}: row {row_id!r} has no messages")
+        conversations.append(items)
+    return conversations
+
+
+def _micro_batches(examples: list[SFTExample], size: int) -> list[list[SFTExample]]:
+    return [examples[i : i + size] for i in range(0, len(examples), size)]
+
+
+def _batch_loss(model, batch: list[SFTExample], micro_size: int, pad_id: int) -> float:
+    """Backward of the token-mean loss over ``batch`` in micro-batches; returns the loss value."""
+    total = sum(sum(e.loss_mask) for e in batch)
+    value = 0.0
+    for micro in _micro_batches(batch, micro_size):
+        ids, attention = right_pad([e.input_ids for e in micro], pad_id)  # [B, L]
+        score, _ = right_pad([e.loss_mask for e in micro], 0)  # [B, L] loss mask
+        logprobs = token_logprobs(model, ids, attention, score)  # [B, L] log π(token), 0 off the mask
+        loss = -logprobs.sum() / total  # share of the batch token mean
+        loss.backward()
+        value += float(loss.detach())
+    return value
+
+
+def train_sft(
+    model,
+    tokenizer,
+    conversations: Sequence[Sequence[Message]],
+    sft: SFTConfig,
+    optim: OptimConfig,
+    *,
+    progress: bool = True,
+    log_fn: Callable[[dict, int], None] | None = None,
+) -> SFTResult:
+    """Fine-tune ``model`` in place on the assistant tokens of ``conversations``."""
+    examples = [build_example(tokenizer, c, sft.max_length, f"conversation {i}") for i, c in enumerate(conversations)]
+    examples = [e for e in examples if sum(e.loss_mask) > 0]
+    if not examples:
+        raise ValueError("no conversation has trainable tokens within sft.max_length")
+    num_truncated = sum(e.truncated for e in examples)
+    if num_truncated:
+        log.warning("%d of %d conversations truncated to sft.max_length=%d", num_truncated, len(examples), sft.max_length)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, optim, lr=sft.lr)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    micro = sft.micro_batch_size or sft.batch_size
+    steps_per_epoch = math.ceil(len(examples) / sft.batch_size)
+    result = SFTResult(None, num_examples=len(examples), num_truncated=num_truncated,
+                       num_trained_tokens=sum(sum(e.loss_mask) for e in examples))
+    model.train()
+    bar = tqdm(total=sft.epochs * steps_per_epoch, desc="sft", disable=not progress)
+    for epoch in range(sft.epochs):
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(sft.seed * 100_003 + epoch))
+        shuffled = [examples[i] for i in order.tolist()]
+        for batch in _micro_batches(shuffled, sft.batch_size):
+            started = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = _batch_loss(model, batch, micro, pad_id)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
+            optimizer.step()
+            result.losses.append(loss)
+            step = len(result.losses)
+            if log_fn is not None:
+                log_fn({"loss/sft": loss, "loss/grad_norm": float(grad_norm), "perf/seconds_step":
+                        time.perf_counter() - started, "sft/epoch": float(epoch)}, step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+    bar.close()
+    model.eval()
+    return result
+
+
+def warm_start(config: Config, trajectories: str | Path, out_dir: str | Path, *, progress: bool = True,
+               log_fn: Callable[[dict, int], None] | None = None) -> Path:
+    """Load ``config.policy``, fine-tune it on the teacher conversations, save to ``out_dir/model``.
+
+    With ``sft.enabled: false`` the starting model is saved unchanged. Returns the model directory.
+    """
+    from deltabelief.policy.policy import Policy
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.sft.seed)
+    policy = Policy.from_config(config.policy, seed=config.sft.seed)
+    result = SFTResult(None)
+    if config.sft.enabled:
+        conversations = load_conversations(trajectories, config.sft.split)
+        result = train_sft(policy.model, policy.tokenizer, conversations, config.sft, config.optim,
+                           progress=progress, log_fn=log_fn)
+    else:
+        log.info("sft.enabled is false: saving %s unchanged", config.policy.model)
+    result.model_dir = policy.save(out_dir / "model")
+    summary = {k: v for k, v in vars(result).items() if k != "model_dir"} | {"model_dir": str(result.model_dir)}
+    (out_dir / "sft_result.json").write_text(json.dumps(summary, indent=1))
+    return result.model_dir

@@ -1,0 +1,30 @@
+"""Stage 4: belief calibration chooses the elicitation template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+from flytekit import task
+from flytekit.types.directory import FlyteDirectory
+
+from deltabelief.config import Config
+from deltabelief.pipeline import RunContext, calibrate_stage
+from images import cpu_image
+from tasks.common import scratch
+from tasks.resources import CPU_MODEL
+from tasks.synthesize import Datasets
+
+
+@dataclass
+class Calibration:
+    template: str
+    excluded_targets: List[str] = field(default_factory=list)
+
+
+@task(container_image=cpu_image, requests=CPU_MODEL, limits=CPU_MODEL)
+def calibrate(config: Config, model: FlyteDirectory, datasets: Datasets, run: RunContext) -> Calibration:
+    template, excluded = calibrate_stage(
+        config, model.download(), datasets.trajectories.download(), scratch("calibration"), run
+    )
+    return Calibration(template=template, excluded_targets=excluded)

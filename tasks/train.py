@@ -1,0 +1,78 @@
+"""Stage 5: RL training as a Ray job.
+
+``train`` runs the single-machine trainer (``train.backend: torch``) on the Ray that the
+Flyte Ray plugin starts (locally: a Ray on this machine). ``train_gpu`` is the same stage
+on a KubeRay cluster sized from a GPU preset's ``cluster`` section (``DELTABELIEF_GPU_PRESET``,
+default qwen3-1.7b) and runs verl when the config says ``train.backend: verl``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flytekit import Resources, task
+from flytekit.extras.accelerators import GPUAccelerator
+from flytekit.types.directory import FlyteDirectory
+from flytekit.types.file import FlyteFile
+from flytekitplugins.ray import HeadNodeConfig, RayJobConfig, WorkerNodeConfig
+
+from deltabelief.config import ClusterConfig, Config, load_config
+from deltabelief.pipeline import RunContext, train_stage
+from images import cpu_image, gpu_image
+from tasks.calibrate import Calibration
+from tasks.common import scratch
+from tasks.resources import CPU_MODEL, GPU_WORKER_CPU, GPU_WORKER_MEM, RAY_HEAD
+
+GPU_CLUSTER: ClusterConfig = load_config(os.environ.get("DELTABELIEF_GPU_PRESET", "qwen3-1.7b")).cluster
+
+
+def gpu_ray_config(cluster: ClusterConfig) -> RayJobConfig:
+    """A head node and one GPU worker group with ``num_nodes`` replicas of ``gpus_per_node`` GPUs."""
+    worker = Resources(cpu=GPU_WORKER_CPU, mem=GPU_WORKER_MEM, gpu=str(cluster.gpus_per_node))
+    return RayJobConfig(
+        head_node_config=HeadNodeConfig(requests=RAY_HEAD, limits=RAY_HEAD),
+        worker_node_config=[
+            WorkerNodeConfig(group_name="gpu", replicas=cluster.num_nodes, requests=worker, limits=worker)
+        ],
+        shutdown_after_job_finishes=True,
+        ttl_seconds_after_finished=600,
+    )
+
+
+CPU_RAY = RayJobConfig(
+    head_node_config=HeadNodeConfig(requests=CPU_MODEL, limits=CPU_MODEL),
+    worker_node_config=[WorkerNodeConfig(group_name="cpu", replicas=1, requests=CPU_MODEL, limits=CPU_MODEL)],
+    shutdown_after_job_finishes=True,
+)
+
+
+def _train_on_ray(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration: Calibration,
+                  run: RunContext, num_gpus: int) -> FlyteDirectory:
+    import ray
+
+    remote = ray.remote(num_cpus=1, num_gpus=num_gpus)(train_stage)
+    model_dir = ray.get(
+        remote.remote(config, model.download(), targets.download(), calibration.template,
+                      calibration.excluded_targets, scratch("rl"), run)
+    )
+    return FlyteDirectory(str(model_dir))
+
+
+@task(task_config=CPU_RAY, container_image=cpu_image, requests=CPU_MODEL, limits=CPU_MODEL)
+def train(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration: Calibration,
+          run: RunContext) -> FlyteDirectory:
+    return _train_on_ray(config, model, targets, calibration, run, num_gpus=0)
+
+
+@task(
+    task_config=gpu_ray_config(GPU_CLUSTER),
+    container_image=gpu_image,
+    requests=Resources(cpu="8", mem="64Gi", gpu=str(GPU_CLUSTER.gpus_per_node)),
+    accelerator=GPUAccelerator(GPU_CLUSTER.accelerator),
+)
+def train_gpu(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration: Calibration,
+              run: RunContext) -> FlyteDirectory:
+    if config.train.backend == "verl":  # verl drives its own Ray actors from the head
+        return FlyteDirectory(str(train_stage(config, model.download(), targets.download(), calibration.template,
+                                              calibration.excluded_targets, scratch("rl"), run)))
+    return _train_on_ray(config, model, targets, calibration, run, num_gpus=1)

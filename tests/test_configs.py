@@ -1,0 +1,96 @@
+"""Presets load strictly; bad keys and types are refused by name; baselines differ only in method keys."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deltabelief.config import CONFIG_DIR, ConfigError, config_to_dict, flatten, load_config
+
+PRESETS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+# A baseline preset may differ from its ΔBelief preset only here (STYLE.md §4).
+METHOD_KEYS = {"name", "estimator.name", "reward.belief_reward_weight"}
+
+
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out |= _keys(value, f"{name}.") if isinstance(value, dict) else {name}
+    return out
+
+
+def test_the_required_presets_exist():
+    assert {"tiny", "cpu", "qwen3-1.7b", "qwen3-4b"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_loads_strictly_and_every_key_is_a_field(preset):
+    config = load_config(preset)
+    assert config.name == preset
+    resolved = flatten(config_to_dict(config))
+    written = _keys(yaml.safe_load((CONFIG_DIR / f"{preset}.yaml").read_text()))
+    assert written <= set(resolved), sorted(written - set(resolved))  # every key written is read
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p.endswith("-grpo")])
+def test_baseline_presets_differ_only_in_method_keys(preset):
+    baseline = flatten(config_to_dict(load_config(preset)))
+    method = flatten(config_to_dict(load_config(preset.removesuffix("-grpo"))))
+    differing = {k for k in baseline if baseline[k] != method[k]}
+    assert differing <= METHOD_KEYS, sorted(differing - METHOD_KEYS)
+    assert baseline["estimator.name"] == "grpo" and baseline["reward.belief_reward_weight"] == 0.0
+
+
+@pytest.mark.parametrize("preset", ["qwen3-1.7b", "qwen3-4b"])
+def test_paper_presets_carry_the_paper_values(preset):
+    c = load_config(preset)
+    assert (c.policy.lora.enabled, c.policy.lora.r, c.policy.lora.alpha, c.policy.lora.target_modules) == (
+        True, 64, 64, "all-linear")
+    assert c.optim.lr == 3e-5 and c.optim.betas == [0.9, 0.95] and c.optim.weight_decay == 0.01
+    assert c.optim.grad_clip == 1.0
+    assert (c.train.rollouts_per_target, c.train.targets_per_step, c.train.num_steps) == (16, 240, 60)
+    assert c.game.max_turns == 20 and c.policy.max_new_tokens == 50
+    assert c.policy.temperature == 1.0
+    assert (c.policy.eval_temperature, c.policy.eval_top_p, c.policy.eval_top_k) == (0.7, 0.8, 20)
+    assert (c.ppo.clip_low, c.ppo.clip_high, c.ppo.dual_clip) == (0.2, 0.28, 3.0)
+    assert (c.judge.backend, c.judge.model, c.judge.temperature) == ("openai", "Qwen/Qwen3-14B", 0.7)
+    assert c.train.backend == "verl"
+    assert c.estimator.name == "turn_grpo" and c.reward.belief_reward_weight == 0.1
+
+
+def test_embedded_presets_run_on_the_torch_trainer_offline():
+    cpu, tiny = load_config("cpu"), load_config("tiny")
+    assert cpu.policy.model == "smollm2" and cpu.judge.backend == "kb" and cpu.train.backend == "torch"
+    assert tiny.policy.model == "tiny" and tiny.judge.backend == "kb" and len(tiny.game.kb_nouns) == 4
+
+
+def _preset_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_refused_with_its_name_and_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"ppo\.clip_lo'.*clip_low"):
+        load_config(_preset_file(tmp_path, "ppo:\n  clip_lo: 0.2\n"))
+    with pytest.raises(ConfigError, match=r"traning"):
+        load_config(_preset_file(tmp_path, "traning:\n  num_steps: 3\n"))
+    with pytest.raises(ConfigError, match=r"train\.num_step'"):
+        load_config("tiny", ["train.num_step=3"])
+
+
+def test_wrong_type_is_refused_with_the_field_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.num_steps: expected an integer"):
+        load_config(_preset_file(tmp_path, "train:\n  num_steps: ten\n"))
+    with pytest.raises(ConfigError, match=r"ppo\.old_logprobs: 'fresh' is not one of"):
+        load_config("tiny", ["ppo.old_logprobs=fresh"])
+    with pytest.raises(ConfigError, match=r"policy\.lora\.enabled: expected true/false"):
+        load_config("cpu", ["policy.lora.enabled=1"])
+    with pytest.raises(ConfigError, match=r"estimator\.name: 'ppo' is not one of"):
+        load_config("cpu", ["estimator.name=ppo"])
+
+
+def test_overrides_apply_on_top_of_a_preset():
+    config = load_config("cpu", ["estimator.name=gigpo", "train.num_steps=2", "optim.lr=0.0001"])
+    assert (config.estimator.name, config.train.num_steps, config.optim.lr) == ("gigpo", 2, 0.0001)

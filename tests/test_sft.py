@@ -1,0 +1,95 @@
+"""SFT warm start: only the questioner's tokens carry loss, the loss is exact, and training learns them."""
+
+import pandas as pd
+import pytest
+import torch
+
+from deltabelief.config import OptimConfig, SFTConfig, load_config
+from deltabelief.policy.loading import load_causal_lm, tiny_causal_lm
+from deltabelief.training.sft import build_example, load_conversations, train_sft, warm_start
+
+CONVERSATION = [
+    {"role": "system", "content": "You ask yes/no questions."},
+    {"role": "user", "content": "Ask your first question."},
+    {"role": "assistant", "content": "Is it alive?"},
+    {"role": "user", "content": "No."},
+    {"role": "assistant", "content": "Is it a car?"},
+    {"role": "user", "content": "Yes! You found it."},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_causal_lm(0)[1]
+
+
+def test_mask_covers_exactly_the_moves_and_their_end_marker(tokenizer):
+    example = build_example(tokenizer, CONVERSATION, max_length=4096)
+    whole = tokenizer.apply_chat_template(CONVERSATION[:5], tokenize=False)  # up to the last move
+    assert example.input_ids == tokenizer(whole, add_special_tokens=False)["input_ids"]  # same ids as one render
+    trained = [i for i, m in zip(example.input_ids, example.loss_mask) if m]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    expected = (tokenizer("Is it alive?", add_special_tokens=False)["input_ids"] + [end]
+                + tokenizer("Is it a car?", add_special_tokens=False)["input_ids"] + [end])
+    assert trained == expected
+    # the newline after each <|im_end|>, headers, system and user text are never trained
+    text = tokenizer.decode([i for i, m in zip(example.input_ids, example.loss_mask) if not m])
+    assert "No." in text and "system" in text and "assistant" in text and "alive" not in text
+
+
+def test_truncation_and_missing_assistant(tokenizer):
+    short = build_example(tokenizer, CONVERSATION, max_length=20)
+    assert short.truncated and len(short.input_ids) == 20 and len(short.loss_mask) == 20
+    with pytest.raises(ValueError, match="no assistant message"):
+        build_example(tokenizer, CONVERSATION[:2], max_length=100, where="row 7")
+
+
+def test_one_step_loss_is_the_token_mean_cross_entropy_of_the_moves(tokenizer):
+    model, _ = tiny_causal_lm(3)
+    example = build_example(tokenizer, CONVERSATION, max_length=4096)
+    ids = torch.tensor([example.input_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)  # [L-1, V]
+    picked = logp.gather(-1, ids[0, 1:, None])[:, 0]  # log π(token j+1 | ≤ j)
+    mask = torch.tensor(example.loss_mask[1:], dtype=torch.bool)
+    expected = float(-picked[mask].mean())
+    sft = SFTConfig(epochs=1, lr=1e-3, batch_size=1)
+    result = train_sft(model, tokenizer, [CONVERSATION], sft, OptimConfig(), progress=False)
+    assert result.losses[0] == pytest.approx(expected, rel=1e-4)
+    assert result.num_trained_tokens == sum(example.loss_mask)
+
+
+def test_gradient_accumulation_matches_the_whole_batch(tokenizer):
+    other = CONVERSATION[:2] + [{"role": "assistant", "content": "Is it bigger than a breadbox?"},
+                                {"role": "user", "content": "Yes."}]
+    losses = []
+    for micro in (0, 1):
+        model, _ = tiny_causal_lm(5)
+        sft = SFTConfig(epochs=2, lr=1e-3, batch_size=2, micro_batch_size=micro, seed=1)
+        losses.append(train_sft(model, tokenizer, [CONVERSATION, other], sft, OptimConfig(), progress=False).losses)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_sft_learns_the_moves(tokenizer):
+    model, _ = tiny_causal_lm(1)
+    sft = SFTConfig(epochs=30, lr=3e-3, batch_size=1)
+    result = train_sft(model, tokenizer, [CONVERSATION], sft, OptimConfig(), progress=False)
+    assert result.losses[-1] < 0.2 * result.losses[0]
+
+
+def test_warm_start_reads_the_train_split_and_saves_a_loadable_model(tmp_path, tokenizer):
+    frame = pd.DataFrame({"id": ["a", "b"], "split": ["train", "val"],
+                          "messages": [CONVERSATION, CONVERSATION[:4]]})
+    path = tmp_path / "trajectories.parquet"
+    frame.to_parquet(path)
+    assert len(load_conversations(path, "train")) == 1 and len(load_conversations(path, "")) == 2
+    with pytest.raises(ValueError, match="split == 'test'"):
+        load_conversations(path, "test")
+    config = load_config("tiny", ["sft.epochs=2", "sft.batch_size=1"])
+    model_dir = warm_start(config, path, tmp_path / "sft", progress=False)
+    reloaded, reloaded_tokenizer = load_causal_lm(str(model_dir))
+    assert reloaded_tokenizer.eos_token == "<|im_end|>"
+    assert (tmp_path / "sft" / "sft_result.json").exists()
+    untouched, _ = tiny_causal_lm(config.sft.seed)
+    changed = [not torch.equal(a, b) for a, b in zip(reloaded.parameters(), untouched.parameters())]
+    assert any(changed)

@@ -1,0 +1,89 @@
+"""The ΔBelief-RL pipeline and its companions.
+
+``pyflyte run workflows/pipeline.py delta_belief_pipeline`` runs the embedded default
+(configs/cpu.yaml) end to end on a CPU; ``--config configs/tiny.yaml`` runs the tiny preset.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from flytekit import workflow
+from flytekit.types.directory import FlyteDirectory
+
+from deltabelief.pipeline import EvalSummary
+from tasks.calibrate import calibrate
+from tasks.evaluate import evaluate
+from tasks.registry import promote, register
+from tasks.setup import finish_run, resolve_config, start_run
+from tasks.synthesize import synthesize
+from tasks.train import train, train_gpu
+from tasks.validate import validate
+from tasks.warm_start import warm_start
+
+DEFAULT_PRESET = "configs/cpu.yaml"
+
+
+@workflow
+def delta_belief_pipeline(
+    config: str = DEFAULT_PRESET, estimator: str = "", num_steps: int = 0, overrides: List[str] = []
+) -> dict:
+    """synthesize -> validate -> warm_start -> calibrate -> train -> evaluate -> register -> promote.
+
+    Args:
+        config: path of a YAML preset (configs/tiny.yaml, configs/cpu.yaml, ...).
+        estimator: credit assignment (turn_grpo, grpo, rloo, gigpo); empty keeps the preset's.
+        num_steps: RL steps; 0 keeps the preset's.
+        overrides: more 'section.key=value' overrides, checked against the typed config.
+    """
+    cfg = resolve_config(config=config, estimator=estimator, num_steps=num_steps, overrides=overrides)
+    run = start_run(config=cfg)
+    datasets = validate(datasets=synthesize(config=cfg, run=run), run=run)
+    sft_model = warm_start(config=cfg, datasets=datasets, run=run)
+    calibration = calibrate(config=cfg, model=sft_model, datasets=datasets, run=run)
+    model = train(config=cfg, model=sft_model, targets=datasets.targets, calibration=calibration, run=run)
+    summary = evaluate(config=cfg, model=model, run=run)
+    version = register(config=cfg, model=model, summary=summary, run=run)
+    decision = promote(config=cfg, version=version, summary=summary, run=run)
+    finish_run(run=run, decision=decision)
+    return decision
+
+
+@workflow
+def delta_belief_pipeline_gpu(
+    config: str = "configs/qwen3-1.7b.yaml", estimator: str = "", num_steps: int = 0, overrides: List[str] = []
+) -> dict:
+    """The same pipeline with training on a GPU Ray cluster (verl + vLLM for the paper presets)."""
+    cfg = resolve_config(config=config, estimator=estimator, num_steps=num_steps, overrides=overrides)
+    run = start_run(config=cfg)
+    datasets = validate(datasets=synthesize(config=cfg, run=run), run=run)
+    sft_model = warm_start(config=cfg, datasets=datasets, run=run)
+    calibration = calibrate(config=cfg, model=sft_model, datasets=datasets, run=run)
+    model = train_gpu(config=cfg, model=sft_model, targets=datasets.targets, calibration=calibration, run=run)
+    summary = evaluate(config=cfg, model=model, run=run)
+    version = register(config=cfg, model=model, summary=summary, run=run)
+    decision = promote(config=cfg, version=version, summary=summary, run=run)
+    finish_run(run=run, decision=decision)
+    return decision
+
+
+@workflow
+def evaluate_only(model: FlyteDirectory, config: str = DEFAULT_PRESET, overrides: List[str] = []) -> EvalSummary:
+    """Evaluate a saved model directory on the preset's suites, tracked in MLflow."""
+    cfg = resolve_config(config=config, estimator="", num_steps=0, overrides=overrides)
+    run = start_run(config=cfg)
+    summary = evaluate(config=cfg, model=model, run=run)
+    finish_run(run=run, decision={})
+    return summary
+
+
+@workflow
+def promote_model(model: FlyteDirectory, config: str = DEFAULT_PRESET, overrides: List[str] = []) -> dict:
+    """Evaluate a saved model, register it as 'challenger' and gate it against the champion."""
+    cfg = resolve_config(config=config, estimator="", num_steps=0, overrides=overrides)
+    run = start_run(config=cfg)
+    summary = evaluate(config=cfg, model=model, run=run)
+    version = register(config=cfg, model=model, summary=summary, run=run)
+    decision = promote(config=cfg, version=version, summary=summary, run=run)
+    finish_run(run=run, decision=decision)
+    return decision
