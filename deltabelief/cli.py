@@ -106,29 +106,22 @@ def cmd_synth(args: argparse.Namespace) -> int:
     overrides += ["data.only_solved=true"] if args.only_solved else []
     config = _config(args, overrides)
     result = synthesize(config.data, config.game, Path(args.out))
-    report = result.report
-    print(json.dumps({k: v for k, v in report.items() if k != "duplicates"}, indent=2, default=str))
-    if report.get("duplicates"):
-        print(f"duplicates reported (kept out of the splits): {report['duplicates']}")
-    if "teacher_mean_questions" in report:
-        print(
-            f"teacher mean questions: {report['teacher_mean_questions']:.2f}   "
-            f"log2(#nouns): {report['log2_num_nouns']:.2f}"
-        )
-    paths = [str(p) for p in (result.targets_path, result.trajectories_path) if p]
+    for line in result.summary_lines():
+        print(line)
+    paths = [str(p) for p in (result.targets_path, result.trajectories_path, result.report_path) if p]
     _done(f"wrote {', '.join(paths)}")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from deltabelief.data.contracts import ContractError, format_report, validate_dataset
+    from deltabelief.data.contracts import ContractError, format_report, report_path_for, validate_dataset
 
     try:
         frame = validate_dataset(args.kind, Path(args.path))
     except ContractError as err:
         print(format_report(err.report))
         return 1
-    _done(f"{args.path}: {len(frame)} rows hold the '{args.kind}' contract (report: {Path(args.path).with_suffix('.validation.json')})")
+    _done(f"{args.path}: {len(frame)} rows hold the '{args.kind}' contract (report: {report_path_for(args.path)})")
     return 0
 
 

@@ -60,6 +60,9 @@ class PolicyConfig:
     eval_top_k: int = 20
     batch_size: int = 32
     """Games sampled together in one forward batch."""
+    keep_kv_cache: bool = True
+    """Rollouts keep each game's KV cache between turns, so a turn only runs its new tokens
+    (same samples up to float rounding; memory grows with games x conversation length)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -208,6 +211,27 @@ class CalibrationConfig:
     criterion: Literal["spearman", "auroc"] = "spearman"
     """'spearman' uses the exact posterior where one exists, else falls back to AUROC."""
     num_trajectories: int = 64
+    """Games scored: a seeded sample of the held-out rows (0: all of them)."""
+    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    """Rows of trajectories.parquet to score (its ``split`` column); empty: every row."""
+    fallback_to_all_splits: bool = True
+    """When no row is in ``splits`` (e.g. teacher games only on train targets), score every row
+    instead of failing; the report records the splits actually used (``summary.splits_used``)."""
+    num_candidates: int = 32
+    """Candidates per game for ranks and candidate-normalised beliefs, the true target included
+    (a seeded subset of the knowledge-base nouns or of the split's targets); 0: all of them."""
+    num_bins: int = 10
+    """Equal-width bins of the reliability diagram and the ECE."""
+    seed: int = 0
+    """Seeds the choice of games and of candidate subsets."""
+    max_packed_tokens: int = 2048
+    """Longest packed sequence when scoring candidates; more candidates are split over forwards."""
+    exclude_tokenization_mismatches: bool = True
+    """Also count a target as unlocatable when its piecewise tokens differ from the tokens of the
+    whole rendered elicitation (its first or last token merges with the template's text)."""
+    targets_path: str = ""
+    """targets.parquet whose targets are checked for locatability; empty: the one beside the
+    trajectories file, if present."""
 
 
 @dataclass
@@ -256,7 +280,6 @@ class ClusterConfig:
     judge_model: str = "Qwen/Qwen3-14B"
     judge_gpus: int = 2
     rollout_tensor_parallel: int = 1
-    ppo_mini_batch_size: int = 80
     gpu_memory_utilization: float = 0.6
     max_prompt_tokens: int = 1024
     """verl data.max_prompt_length: the longest opening prompt in tokens; a longer one is an error."""
@@ -402,6 +425,11 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple[s
         values = loaded
     for text in overrides:
         values = _merge(values, parse_override(text))
+    return _build(Config, values)
+
+
+def config_from_dict(values: dict) -> Config:
+    """A :class:`Config` from a nested mapping (e.g. ``config_to_dict`` output), checked like a preset."""
     return _build(Config, values)
 
 

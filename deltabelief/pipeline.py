@@ -161,7 +161,7 @@ def train_stage(
         if config.train.backend == "verl":
             from deltabelief.integrations.verl.runner import run_verl
 
-            result = run_verl(run_config, targets, out_dir)
+            result = run_verl(run_config, targets, out_dir, exclude_ids=excluded)
             return Path(result["model_dir"])
         from deltabelief.training.rl import run_rl
 

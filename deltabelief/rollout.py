@@ -28,6 +28,7 @@ from deltabelief.games.base import Game, GameState, Target, play_moves
 from deltabelief.judges.base import Judge
 from deltabelief.policy.chat import observation_ids, prompt_ids
 from deltabelief.policy.policy import Policy
+from deltabelief.policy.sampling import PrefixCache
 from deltabelief.trajectory import PolicyTurn, Trajectory
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class _Game:
 
     trajectory: Trajectory
     state: GameState
+    cache: PrefixCache | None = None
+    """KV of the conversation's first tokens, from the last round (``policy.config.keep_kv_cache``)."""
 
 
 def _with_max_turns(game: Game, max_turns: int | None) -> Game:
@@ -126,7 +129,9 @@ def rollout_with_stats(
     """Play ``n_per_target`` games per target in lock-step; return trajectories and :class:`RolloutStats`.
 
     ``max_turns`` overrides the game's budget; ``eval_mode`` uses the eval sampling settings;
-    ``batch_size`` overrides ``policy.config.batch_size`` for the forward batches.
+    ``batch_size`` overrides ``policy.config.batch_size`` for the forward batches. With
+    ``policy.config.keep_kv_cache`` each game's KV cache is kept between rounds, so a round
+    only runs the tokens added since (the end of the last move and the observation).
     """
     if n_per_target < 1:
         raise ValueError(f"n_per_target must be at least 1, got {n_per_target}")
@@ -139,9 +144,11 @@ def rollout_with_stats(
     bar = tqdm(total=game.max_turns, desc="rollout", unit="round", disable=not progress)
     while running := [g for g in games if not g.state.done]:
         tick = time.perf_counter()
+        keep_cache = policy.config.keep_kv_cache
         samples = policy.sample(
             [g.trajectory.input_ids for g in running], generator=generator, eval_mode=eval_mode,
-            batch_size=batch_size,
+            batch_size=batch_size, prefixes=[g.cache for g in running] if keep_cache else None,
+            keep_cache=keep_cache,
         )
         tock = time.perf_counter()
         results = play_moves(game, judge, [g.state for g in running], [s.text for s in samples])
@@ -149,6 +156,7 @@ def rollout_with_stats(
         sample_seconds += tock - tick
         for g, sample, result in zip(running, samples, results):
             _record_turn(policy, g, sample, result)
+            g.cache = None if g.state.done else sample.cache  # free finished games' memory
         rounds += 1
         bar.update(1)
         bar.set_postfix(running=sum(not g.state.done for g in games))

@@ -37,8 +37,16 @@ gpu_image = ImageSpec(
     python_version="3.11",
     cuda="12.8",
     requirements=str(ROOT / "constraints.txt"),
-    packages=["vllm"],
+    packages=["vllm>=0.18"],  # the oldest vLLM verl 0.9.1 accepts
     commands=[_SMOLLM2],
-    env={"MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false", "VLLM_USE_V1": "1"},
+    # Under KubeRay verl does not set its own worker environment, so the image does.
+    env={
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "TOKENIZERS_PARALLELISM": "true",
+        "NCCL_DEBUG": "WARN",
+        "VLLM_LOGGING_LEVEL": "WARN",
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
+        "VLLM_DISABLE_COMPILE_CACHE": "1",
+    },
     registry=REGISTRY,
 )

@@ -9,7 +9,10 @@ default qwen3-1.7b) and runs verl when the config says ``train.backend: verl``.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
+import flytekit
 from flytekit import Resources, task
 from flytekit.extras.accelerators import GPUAccelerator
 from flytekit.types.directory import FlyteDirectory
@@ -44,6 +47,20 @@ CPU_RAY = RayJobConfig(
     worker_node_config=[WorkerNodeConfig(group_name="cpu", replicas=1, requests=CPU_MODEL, limits=CPU_MODEL)],
     shutdown_after_job_finishes=True,
 )
+
+
+def shared_workdir(name: str) -> Path:
+    """A directory on the volume every pod of the GPU job mounts (docs/cluster.md, shared storage)."""
+    root = os.environ.get("DELTABELIEF_SHARED_DIR")
+    if not root:
+        raise RuntimeError(
+            "train.backend=verl needs DELTABELIEF_SHARED_DIR: a ReadWriteMany volume mounted at the same "
+            "path in the head and every GPU worker pod (see docs/cluster.md)"
+        )
+    execution = flytekit.current_context().execution_id.name
+    path = Path(root) / execution / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _train_on_ray(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration: Calibration,

@@ -184,6 +184,34 @@ def test_padding_does_not_change_a_row_greedy(tokenizer, stops):
     assert max(abs(a - b) for a, b in zip(batched[1].logprobs, alone.logprobs)) < 1e-4
 
 
+def test_resuming_from_prefix_caches_matches_running_the_whole_prompt(tokenizer, stops):
+    model = biased_tiny(tokenizer, "?", 9.0, seed=2)
+    greedy, sampled = SamplingParams(temperature=0.0, max_new_tokens=10), SamplingParams(max_new_tokens=10)
+    first_prompts = [chat.prompt_ids(tokenizer, OPENING), [1, 4093, 198]]
+    first = sample_batch(
+        model, tokenizer, first_prompts, sampled, generator=torch.Generator().manual_seed(0), stops=stops, keep_cache=True
+    )
+    # The cache covers the prompt and every fed token: all drawn tokens but a final '?'/length one.
+    for prompt, sample in zip(first_prompts, first):
+        assert sample.cache.length == len(prompt) + len(sample.token_ids) - (sample.stop_reason != "eos")
+        assert sample.cache.layers[0][0].shape[2] == sample.cache.length
+    second = [p + s.token_ids + chat.observation_ids(tokenizer, "No.") for p, s in zip(first_prompts, first)]
+    second.append(chat.prompt_ids(tokenizer, OPENING[1:]))  # a row with no cache, in the same batch
+    for params in (greedy, sampled):
+        resumed = sample_batch(
+            model, tokenizer, second, params, generator=torch.Generator().manual_seed(1), stops=stops,
+            prefixes=[first[0].cache, first[1].cache, None],
+        )
+        full = sample_batch(model, tokenizer, second, params, generator=torch.Generator().manual_seed(1), stops=stops)
+        for a, b, prompt in zip(resumed, full, second):
+            assert a.token_ids == b.token_ids
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+            fresh = fresh_logprobs(model, prompt, a.token_ids)
+            assert max(abs(x - y) for x, y in zip(fresh, a.logprobs)) < 1e-4
+    with pytest.raises(ValueError, match="row 0: prefix cache covers"):
+        sample_batch(model, tokenizer, [first_prompts[0][:3]], greedy, generator=torch.Generator(), prefixes=[first[0].cache])
+
+
 def test_same_generator_seed_same_samples(tokenizer, stops):
     model, _ = tiny_causal_lm(0)
     prompts = [[1, 4093, 198], chat.prompt_ids(tokenizer, OPENING)]

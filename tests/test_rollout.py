@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -141,6 +143,18 @@ def test_logprobs_match_a_fresh_forward_over_the_whole_conversation(policy):
         start, end = turn.span
         fresh = logp[start - 1 : end - 1].gather(-1, torch.tensor(turn.token_ids)[:, None]).squeeze(-1)
         assert torch.allclose(fresh, torch.tensor(turn.logprobs), atol=1e-4)
+
+
+def test_keeping_kv_caches_between_turns_changes_nothing(policy):
+    uncached = Policy(policy.model, policy.tokenizer, dataclasses.replace(policy.config, keep_kv_cache=False))
+    runs = [
+        rollout(p, TwentyQuestions(max_turns=3), ParityJudge(), TARGETS, 2, seed=5, batch_size=2, progress=False)
+        for p in (policy, uncached)
+    ]
+    for cached, plain in zip(*runs):
+        assert cached.input_ids == plain.input_ids
+        for a, b in zip(cached.turns, plain.turns):
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
 
 
 def test_finished_games_stop_consuming_turns(policy):

@@ -170,6 +170,8 @@ def test_greedy_trajectories_schema_and_exact_posterior(tmp_path, small_nouns):
     assert teacher["log2_nouns"] == pytest.approx(math.log2(len(small_nouns)))
     assert teacher["mean_questions"] == pytest.approx(frame["num_turns"].mean())
     assert "vs log2(#nouns)" in result.summary_lines()[-1]
+    assert result.report["teacher_mean_questions"] == teacher["mean_questions"]
+    assert result.report["log2_num_nouns"] == teacher["log2_nouns"]
 
 
 def test_only_solved_rejects_unfinished_games(tmp_path, small_nouns):

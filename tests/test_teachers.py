@@ -75,6 +75,8 @@ def test_greedy_follows_the_highest_entropy_split():
     assert teacher.next_move(["owl"], rng) == "Is it a owl?"
     # ant, cow differ only in big and insect: big comes first in KB order.
     assert teacher.next_move(["ant", "cow"], rng) == "Is it bigger than a cat?"
+    # On the last turn a question can no longer win: guess the first noun left.
+    assert teacher.next_move(["ant", "cow"], rng, turns_left=1) == "Is it a ant?"
 
 
 def test_greedy_guesses_when_no_predicate_splits():

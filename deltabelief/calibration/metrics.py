@@ -112,9 +112,13 @@ class ReliabilityBins:
     """[Bn] mean reference probability per bin (NaN for an empty bin)."""
 
     def to_dict(self) -> dict:
-        nan_to_none = lambda a: [None if np.isnan(v) else float(v) for v in a]  # noqa: E731
+        """JSON-ready lists; an empty bin's means are None."""
         return {"edges": self.edges.tolist(), "counts": self.counts.astype(int).tolist(),
-                "mean_predicted": nan_to_none(self.mean_predicted), "mean_reference": nan_to_none(self.mean_reference)}
+                "mean_predicted": _nan_to_none(self.mean_predicted), "mean_reference": _nan_to_none(self.mean_reference)}
+
+
+def _nan_to_none(values: np.ndarray) -> list:
+    return [None if np.isnan(v) else float(v) for v in values]
 
 
 def reliability_bins(predicted, reference, num_bins: int = 10) -> ReliabilityBins:

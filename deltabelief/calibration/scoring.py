@@ -37,6 +37,7 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from deltabelief.belief import UnlocatableTargetError, build_elicitation, score_beliefs, turn_ends
 from deltabelief.games.base import Target
@@ -118,17 +119,26 @@ def read_games(path: str | Path) -> list[CalibrationGame]:
             for i, row in enumerate(frame.to_dict(orient="records"))]
 
 
-def select_games(games: list[CalibrationGame], splits: Sequence[str], num: int, seed: int) -> list[CalibrationGame]:
-    """Games of ``splits`` (all when empty); a seeded sample of ``num`` of them (all when 0), in file order."""
+def select_games(games: list[CalibrationGame], splits: Sequence[str], num: int, seed: int,
+                 fallback_to_all: bool = False) -> tuple[list[CalibrationGame], list[str]]:
+    """Games of ``splits`` (all when empty); a seeded sample of ``num`` of them (all when 0), in file order.
+
+    Returns the games and the splits they came from. With no game in ``splits`` it raises, or with
+    ``fallback_to_all`` logs a warning and takes every row (the caller reports it).
+    """
+    present = sorted({g.split for g in games})
     chosen = [g for g in games if not splits or g.split in splits]
+    if not chosen and fallback_to_all:
+        log.warning("no trajectories in split(s) %s (the file has %s): scoring every row instead; these "
+                    "games are not held out", list(splits), present)
+        chosen = list(games)
     if not chosen:
-        present = sorted({g.split for g in games})
         raise ValueError(f"no trajectories in split(s) {list(splits)}; the file has {present} "
                          f"(set calibration.splits, e.g. to [] for every row)")
     if num and len(chosen) > num:
         keep = set(random.Random(seed).sample(range(len(chosen)), num))
         chosen = [g for i, g in enumerate(chosen) if i in keep]
-    return chosen
+    return chosen, sorted({g.split for g in chosen})
 
 
 def to_trajectory(tokenizer, game: CalibrationGame, index: int = 0) -> Trajectory:
@@ -327,8 +337,8 @@ class ModelScorer:
     """Belief scores from a causal LM; trajectories are tokenised once per game and cached."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, max_packed_tokens: int = 2048,
-                 strict_tokenization: bool = True):
-        self.model, self.tokenizer = model, tokenizer
+                 strict_tokenization: bool = True, progress: bool = False):
+        self.model, self.tokenizer, self.progress = model, tokenizer, progress
         self.batch_size, self.max_packed_tokens = batch_size, max_packed_tokens
         self.strict_tokenization = strict_tokenization
         self._trajectories: dict[str, Trajectory] = {}
@@ -350,7 +360,8 @@ class ModelScorer:
     def candidates(self, games: Sequence[CalibrationGame], candidates: Sequence[Sequence[str]],
                    template: str) -> list[np.ndarray]:
         out = []
-        for game, names in zip(games, candidates):
+        bar = tqdm(zip(games, candidates), total=len(games), desc="candidates", unit="game", disable=not self.progress)
+        for game, names in bar:
             elicitations = [build_elicitation(self.tokenizer, template, name) for name in names]
             out.append(score_candidates(self.model, self.trajectory(game), elicitations,
                                         self.max_packed_tokens).double().numpy())

@@ -271,7 +271,7 @@ def _entry(spec: dict[str, Any], gx_result: dict[str, Any] | None, columns: list
     if "raised_exception" not in exception:  # keyed per metric when a metric failed
         exception = next(iter(exception.values()), {}) if exception else {}
     entry["success"] = bool(gx_result["success"])
-    if exception.get("raised_exception"):
+    if exception.get("raised_exception") or (exception.get("exception_message") and not entry["success"]):
         entry["error"] = exception.get("exception_message") or "exception while computing the rule"
     if "unexpected_count" in result:
         entry["unexpected_count"] = result["unexpected_count"]

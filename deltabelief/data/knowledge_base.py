@@ -71,6 +71,8 @@ GUESS_OPENINGS = tuple(
 LEADING_FILLER = frozenset({"so", "ok", "okay", "well", "hmm", "alright", "now", "then", "final", "guess"})
 TRAILING_FILLER = frozenset({"then", "perhaps", "maybe", "please", "right", "now"})
 
+PARSE_CACHE_SIZE = 50_000
+
 YES_MESSAGE = "Yes."
 NO_MESSAGE = "No."
 FINISHED_MESSAGE = "Yes! It is {noun}."
@@ -220,6 +222,8 @@ class KnowledgeBase:
     def parse(self, move: str) -> ParsedMove:
         """Classify a move as a guess, a predicate question or unanswerable (module docstring)."""
         if move not in self._parse_cache:
+            if len(self._parse_cache) >= PARSE_CACHE_SIZE:
+                self._parse_cache.clear()  # rollouts produce endless distinct moves: keep memory bounded
             self._parse_cache[move] = self._parse(move)
         return self._parse_cache[move]
 
@@ -373,7 +377,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 TOP_KEYS = frozenset({"version", "nouns", "synonyms", "articles", "predicates"})
-PREDICATE_KEYS = frozenset({"name", "question", "phrasings", "category", "holds", "holds_categories", "except", "complement_of"})
+PREDICATE_KEYS = frozenset(
+    {"name", "question", "phrasings", "category", "holds", "holds_categories", "except", "complement_of"}
+)
 
 
 def build_knowledge_base(raw: Any, source: str = "<memory>") -> KnowledgeBase:
@@ -476,7 +482,8 @@ def _check_category_tree(paths: dict[str, tuple[str, ...]], errors: list[str]) -
             seen = parent.setdefault(category, (above, noun))
             if seen[0] != above:
                 errors.append(
-                    f"category {category!r} sits under {seen[0]!r} for noun {seen[1]!r} but under {above!r} for {noun!r}"
+                    f"category {category!r} sits under {seen[0]!r} for noun {seen[1]!r} "
+                    f"but under {above!r} for {noun!r}"
                 )
 
 
@@ -499,17 +506,25 @@ def _read_predicates(raw: Any, errors: list[str]) -> list[dict[str, Any]]:
             errors.append(f"{where}: needs a unique string 'name'")
         elif not isinstance(question, str) or not question.strip():
             errors.append(f"{where}: needs a canonical 'question'")
-        elif not isinstance(phrasings, list) or not phrasings or not all(isinstance(p, str) and tokens(p) for p in phrasings):
+        elif not _is_phrase_list(phrasings):
             errors.append(f"{where}: 'phrasings' must be a non-empty list of non-empty strings")
         elif len(sources) != 1 or ("except" in entry and sources != ["holds"]):
-            errors.append(f"{where}: give exactly one of 'category', 'complement_of' or 'holds'/'holds_categories' (+ 'except')")
+            errors.append(
+                f"{where}: give exactly one of 'category', 'complement_of' or 'holds'/'holds_categories' (+ 'except')"
+            )
         else:
             seen.add(name)
             specs.append({**entry, "phrasings": tuple(phrasings), "question": question.strip()})
     return specs
 
 
-def _compute_truth(specs: list[dict[str, Any]], paths: dict[str, tuple[str, ...]], errors: list[str]) -> dict[str, frozenset[str]]:
+def _is_phrase_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(p, str) and tokens(p) for p in value)
+
+
+def _compute_truth(
+    specs: list[dict[str, Any]], paths: dict[str, tuple[str, ...]], errors: list[str]
+) -> dict[str, frozenset[str]]:
     categories = {c for path in paths.values() for c in path}
     truth: dict[str, frozenset[str]] = {}
     for spec in specs:
@@ -553,7 +568,9 @@ def _check_names_in_text(
         for gram in _ngrams(tuple(name.split())):
             other = by_tokens.get(gram)
             if other is not None and other not in groups[noun]:
-                errors.append(f"name {name!r} (of {noun!r}) contains {' '.join(gram)!r}, a name of another noun {other!r}")
+                errors.append(
+                    f"name {name!r} (of {noun!r}) contains {' '.join(gram)!r}, a name of another noun {other!r}"
+                )
     for spec in specs:
         for text in (*spec["phrasings"], spec["question"]):
             hits = [" ".join(g) for g in _ngrams(tokens(text)) if g in by_tokens]
@@ -571,7 +588,8 @@ def _check_reachable(kb: KnowledgeBase, errors: list[str]) -> None:
         parsed[p.question] = kb.parse(p.question)
         for text, got in parsed.items():
             if got != wanted:
-                errors.append(f"predicate {p.name!r}: {text!r} parses to {got.name or got.kind!r} ({got.reason or got.kind})")
+                got_what = got.name or got.kind
+                errors.append(f"predicate {p.name!r}: {text!r} parses to {got_what!r} ({got.reason or got.kind})")
 
 
 def _check_distinguishable(kb: KnowledgeBase, errors: list[str]) -> None:
@@ -582,4 +600,7 @@ def _check_distinguishable(kb: KnowledgeBase, errors: list[str]) -> None:
         by_signature.setdefault(signature, []).append(noun)
     for same in by_signature.values():
         if len(same) > 1 and not all(kb.same_thing(same[0], n) for n in same[1:]):
-            errors.append(f"nouns {same} have identical answers on every predicate (add a telling predicate or declare them synonyms)")
+            errors.append(
+                f"nouns {same} have identical answers on every predicate "
+                "(add a telling predicate or declare them synonyms)"
+            )

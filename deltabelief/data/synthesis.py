@@ -67,6 +67,31 @@ class SynthesisResult:
         return lines
 
 
+def _arrow_schema(kind: str):
+    """Fixed parquet types, so an empty table or all-empty lists keep their column types."""
+    import pyarrow as pa
+
+    message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    if kind == "targets":
+        fields = [("id", pa.string()), ("task", pa.string()), ("target", pa.string()), ("split", pa.string()),
+                  ("messages", message), ("extra", pa.string())]
+    else:
+        strings = pa.list_(pa.string())
+        fields = [("id", pa.string()), ("task", pa.string()), ("target_id", pa.string()), ("target", pa.string()),
+                  ("split", pa.string()), ("teacher", pa.string()), ("messages", message), ("moves", strings),
+                  ("answers", strings), ("statuses", strings), ("num_turns", pa.int64()), ("max_turns", pa.int64()),
+                  ("solved", pa.bool_()), ("log_posterior", pa.list_(pa.float64()))]
+    return pa.schema(fields)
+
+
+def write_parquet(frame, path: Path, kind: str) -> None:
+    """Write ``frame`` as parquet with the fixed schema of ``kind`` ('targets' or 'trajectories')."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(frame, schema=_arrow_schema(kind), preserve_index=False), path)
+
+
 def game_messages(opening: list[dict], moves: list[str], answers: list[str]) -> list[dict[str, str]]:
     """Opening messages, then one assistant move and one user answer per turn."""
     messages = [dict(m) for m in opening]
@@ -118,7 +143,7 @@ def play_teachers(data: DataConfig, game_config: GameConfig, table: TargetTable)
     nouns = game_config.kb_nouns or None
     kb = load_kb(nouns=nouns)
     game = make_game("twenty_questions", game_config)
-    judge = get_judge("kb", nouns=nouns)
+    judge = get_judge("kb", kb=kb)  # the same (possibly restricted) KB the teacher reasons with
     rng = random.Random(data.seed)
     teacher = make_teacher(data.teacher, kb, data.noise_epsilon)
     scheduled = schedule_targets(table.targets, data.num_games, data.seed)
@@ -157,7 +182,7 @@ def synthesize(data: DataConfig, game: GameConfig, out_dir: str | Path) -> Synth
     out.mkdir(parents=True, exist_ok=True)
     table = build_targets(data, game)
     targets_path = out / "targets.parquet"
-    table.frame().to_parquet(targets_path, index=False)
+    write_parquet(table.frame(), targets_path, "targets")
     report: dict[str, Any] = {
         "source": data.source,
         "task": data.task,
@@ -177,8 +202,11 @@ def synthesize(data: DataConfig, game: GameConfig, out_dir: str | Path) -> Synth
             logger.warning("no teacher games: %s", report["teacher"]["skipped"])
         else:
             rows, report["teacher"] = play_teachers(data, game, table)
+            # Flat copies for one-line printing (the CLI prints these two side by side).
+            report["teacher_mean_questions"] = report["teacher"]["mean_questions"]
+            report["log2_num_nouns"] = report["teacher"]["log2_nouns"]
             trajectories_path = out / "trajectories.parquet"
-            pd.DataFrame(rows, columns=list(TRAJECTORY_COLUMNS)).to_parquet(trajectories_path, index=False)
+            write_parquet(pd.DataFrame(rows, columns=list(TRAJECTORY_COLUMNS)), trajectories_path, "trajectories")
     report_path = out / "synthesis.json"
     report_path.write_text(json.dumps(report, indent=2, sort_keys=True))
     return SynthesisResult(targets_path, trajectories_path, report_path, report)

@@ -5,7 +5,8 @@ every stored answer and status is what the RL environment would say.
 
 - ``greedy``: among the nouns still consistent with the answers, ask the predicate whose yes/no
   split has the highest entropy H(k/n) (ties: knowledge-base order); guess (``Is it a dog?``)
-  when one noun remains, or when no predicate splits the rest (then the first noun left).
+  when one noun remains, when no predicate splits the rest, or on the game's last turn
+  (then the first noun left: a question there could no longer win).
 - ``noisy``: with probability ε ask a uniformly random predicate, repeats allowed (the game
   answers 'repeated'), otherwise play greedy. It leaves a warm-started model room to improve.
 
@@ -68,7 +69,7 @@ def split_entropy(num_yes: np.ndarray, num: int) -> np.ndarray:
 class Teacher(Protocol):
     name: str
 
-    def next_move(self, consistent: list[str], rng: random.Random) -> str:
+    def next_move(self, consistent: list[str], rng: random.Random, turns_left: int = 20) -> str:
         """The next question given the nouns still consistent with the answers."""
 
 
@@ -83,10 +84,10 @@ class GreedyTeacher:
         # holds[v, p] = does predicate p hold for noun v.  [V, P]
         self.holds = np.array([[kb.holds(n, p.name) for p in kb.predicates] for n in kb.nouns], dtype=bool)
 
-    def next_move(self, consistent: list[str], rng: random.Random) -> str:
+    def next_move(self, consistent: list[str], rng: random.Random, turns_left: int = 20) -> str:
         if not consistent:
             raise ValueError("no noun is consistent with the answers; the game cannot be played greedily")
-        if len(consistent) > 1:
+        if len(consistent) > 1 and turns_left > 1:
             rows = self.holds[[self.row[n] for n in consistent]]  # [C, P]
             gain = split_entropy(rows.sum(axis=0), len(consistent))  # [P]
             best = int(np.argmax(gain))  # first maximum: knowledge-base order breaks ties
@@ -106,10 +107,10 @@ class NoisyTeacher(GreedyTeacher):
         super().__init__(kb)
         self.epsilon = epsilon
 
-    def next_move(self, consistent: list[str], rng: random.Random) -> str:
+    def next_move(self, consistent: list[str], rng: random.Random, turns_left: int = 20) -> str:
         if rng.random() < self.epsilon:
             return rng.choice(self.kb.predicates).question
-        return super().next_move(consistent, rng)
+        return super().next_move(consistent, rng, turns_left)
 
 
 def make_teacher(name: str, kb: "KnowledgeBase", epsilon: float = 0.3) -> Teacher:
@@ -155,7 +156,8 @@ def play_teacher_games(
         active = [i for i, g in enumerate(games) if not g.state.done]
         if not active:
             return games
-        moves = [teacher.next_move(consistent[i], rng) for i in active]
+        moves = [teacher.next_move(consistent[i], rng, games[i].state.max_turns - games[i].state.num_turns)
+                 for i in active]
         play_moves(game, judge, [games[i].state for i in active], moves)
         for i in active:
             g = games[i]

@@ -62,7 +62,7 @@ def plot_pass_at_k(pass_table: pd.DataFrame, path: str | Path) -> Path:
     ax.set_xticks(sorted(pass_table["k"].unique()))
     ax.set_title("pass@k at the largest budget")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right")
     return _save(fig, path)
 
 

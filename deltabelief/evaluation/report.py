@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 MAX_CELL_CHARS = 60
@@ -18,9 +19,11 @@ MAX_TARGET_ROWS = 50
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, bool):
+    if value is pd.NA or value is None:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
-    if isinstance(value, float):
+    if isinstance(value, (float, np.floating)):
         return "–" if math.isnan(value) else f"{value:.3f}"
     text = str(value).replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
@@ -41,7 +44,8 @@ def _pm(mean: float, std: float) -> str:
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Headline rows -> the report's summary columns."""
+    """The largest budget of each suite -> the report's summary columns."""
+    summary = summary[summary["budget"] == summary.groupby("suite")["budget"].transform("max")]
     out = pd.DataFrame(
         {
             "suite": summary["suite"],
@@ -77,6 +81,9 @@ def belief_table(curves: pd.DataFrame) -> pd.DataFrame:
     """Belief curves with solved and unsolved side by side, one row per (suite, turn)."""
     wide = curves.pivot_table(index=["suite", "turn"], columns="outcome", values=["mean", "count"])
     wide.columns = [f"{outcome} {stat}" for stat, outcome in wide.columns]
+    for column in wide.columns:
+        if column.endswith("count"):
+            wide[column] = wide[column].astype("Int64")
     order = [c for c in ("solved mean", "solved count", "unsolved mean", "unsolved count") if c in wide.columns]
     return wide[order].reset_index()
 

@@ -62,7 +62,9 @@ class ScriptedJudge:
         if key in self._table:
             return self._table[key]
         if self._default is None:
-            raise KeyError(f"scripted judge has no answer for move {request.move!r}; scripted moves: {sorted(self._table)}")
+            raise KeyError(
+                f"scripted judge has no answer for move {request.move!r}; scripted moves: {sorted(self._table)}"
+            )
         return self._default
 
     @staticmethod

@@ -1,25 +1,29 @@
 """Batched autoregressive sampling of one move per prompt, with exact log-probabilities.
 
-Shapes: ``B`` prompts in the batch, ``L`` padded prompt length, ``V`` vocabulary.
+Shapes: ``B`` prompts in the batch, ``L`` padded prompt length, ``C`` cached prefix
+length, ``N`` new tokens per row, ``V`` vocabulary, ``H`` KV heads, ``D`` head size.
 
 Prompts of different lengths are left-padded; the attention mask hides the pads
 and position ids count only real tokens, so every row sees exactly what it would
 see alone. One prefill pass fills the KV cache, then one token per step is fed
-back. Rows that stop are dropped from the batch and the cache.
+back. Rows that stop are dropped from the batch and the cache. A row may resume
+from a :class:`PrefixCache` (the KV of its conversation so far, kept from the
+previous round of a rollout), so only the new tokens run through the model.
 
 The sampling distribution at each step is ``softmax(mask(logits / T))`` where
 ``mask`` keeps the top-k tokens and then the smallest top-p nucleus (others get
 -inf). The recorded log-probability of a token is its log-softmax under that same
 distribution, i.e. the probability it was actually drawn with; at T=1 with no
 top-k/top-p this is the model's plain log-softmax, which PPO's ratio needs.
-The model runs in eval mode while sampling (no dropout, e.g. LoRA dropout) and
-its previous mode is restored after. ``T == 0`` means greedy decoding; the recorded log-probability is then the plain
-log-softmax at T=1 (the greedy "distribution" is a point mass).
+``T == 0`` means greedy decoding; the recorded log-probability is then the plain
+log-softmax at T=1 (the greedy "distribution" is a point mass). The model runs in
+eval mode while sampling (no dropout, e.g. LoRA's) and gets its mode back after.
 
 A row stops (a move is cut to one question):
 
 - at an end-of-turn/eos token: the token is *not* included (the rollout's
-  observation starts with the end-of-turn marker anyway);
+  observation starts with the end-of-turn marker, as template tokens, so the
+  policy is never trained on stopping; the cut does the stopping);
 - right after the first token whose text contains ``'?'`` (included);
 - after ``max_new_tokens`` tokens.
 """
@@ -27,9 +31,10 @@ A row stops (a move is cut to one question):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,9 @@ class Sample:
     """``token_ids`` decoded (special tokens kept, so text and ids stay faithful)."""
     stop_reason: str
     """'eos', 'question' or 'length'."""
+    cache: "PrefixCache | None" = field(default=None, repr=False, compare=False)
+    """With ``keep_cache``: the KV of the prompt and the fed move tokens (all but a final
+    '?'/length token, which is drawn but never fed), to resume from next round."""
 
 
 @dataclass(frozen=True)
@@ -142,21 +150,82 @@ def draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generato
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-@torch.inference_mode()
-def _prefill(model, ids: torch.Tensor, mask: torch.Tensor):
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1, :].float(), out.past_key_values, positions[:, -1]
+@dataclass
+class PrefixCache:
+    """The KV cache of a conversation's first ``length`` tokens, kept between rounds of a rollout.
+
+    ``layers[l] = (keys, values)``, each [1, H, length, D]: a round then only runs the
+    tokens after the prefix (the end of the last move and the new observation).
+    """
+
+    length: int
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+
+
+def _batch_inputs(
+    prompts: list[list[int]], prefixes: list[PrefixCache | None], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache]:
+    """Inputs for the first forward of a batch whose rows may resume from a prefix cache.
+
+    Row i has c_i cached tokens and n_i new ones. Cached KV is right-aligned in [B, H, C, D]
+    and new tokens are left-padded to [B, N]; the mask [B, C + N] is 1 on real tokens only
+    (so it has a hole between a short prefix's end and its new tokens) and the new tokens'
+    positions continue at c_i. Returns ids [B, N], mask [B, C+N], positions [B, N], cache.
+    """
+    cached = [p.length if p is not None else 0 for p in prefixes]
+    for row, (prompt, length) in enumerate(zip(prompts, cached)):
+        if length >= len(prompt):
+            raise ValueError(f"row {row}: prefix cache covers {length} tokens but the prompt has only {len(prompt)}")
+    ids, new_mask = left_pad([p[c:] for p, c in zip(prompts, cached)], pad_id, device)  # [B, N]
+    width = max(cached)
+    prefix_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)  # [B, C]
+    for row, length in enumerate(cached):
+        prefix_mask[row, width - length :] = 1
+    offsets = torch.tensor(cached, device=device)[:, None]  # [B, 1]
+    positions = offsets + (new_mask.cumsum(-1) - 1).clamp(min=0)  # [B, N]
+    cache = DynamicCache()
+    if width:
+        cache = DynamicCache(ddp_cache_data=_stack_prefixes(prefixes, width))
+    return ids, torch.cat([prefix_mask, new_mask], dim=-1), positions, cache
+
+
+def _stack_prefixes(prefixes: list[PrefixCache | None], width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the rows' cached keys and values right-aligned in zeros [B, H, C, D]."""
+    first = next(p for p in prefixes if p is not None and p.length)
+    stacked = []
+    for layer, (keys, values) in enumerate(first.layers):
+        shape = (len(prefixes), keys.shape[1], width, keys.shape[3])
+        batch_keys, batch_values = keys.new_zeros(shape), values.new_zeros(shape)
+        for row, prefix in enumerate(prefixes):
+            if prefix is not None and prefix.length:
+                batch_keys[row, :, width - prefix.length :] = prefix.layers[layer][0][0]
+                batch_values[row, :, width - prefix.length :] = prefix.layers[layer][1][0]
+        stacked.append((batch_keys, batch_values))
+    return stacked
+
+
+def _row_prefix(cache: DynamicCache, mask_row: torch.Tensor, row: int) -> PrefixCache:
+    """Copy one row's real (unmasked) cached positions out of a batch cache. mask_row: [C]."""
+    columns = mask_row.nonzero().squeeze(-1)
+    layers = []
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer:
+            raise NotImplementedError(
+                f"prefix caching needs full-attention cache layers, got {type(layer).__name__}; "
+                "set policy.keep_kv_cache=false"
+            )
+        layers.append((layer.keys[row : row + 1, :, columns], layer.values[row : row + 1, :, columns]))
+    return PrefixCache(length=len(columns), layers=layers)
 
 
 @torch.inference_mode()
-def _step(model, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
-    """Feed one token per row. tokens, positions: [B]; mask: [B, L+t] (already includes them)."""
+def _forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+    """Run ids [B, n] after the cache; mask [B, cached + n]. Returns last-position logits [B, V] (fp32)."""
     out = model(
-        input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
-        past_key_values=cache, use_cache=True,
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        use_cache=True, logits_to_keep=1,
     )
-    return out.logits[:, -1, :].float(), out.past_key_values
+    return out.logits[:, -1, :].float()
 
 
 def _stop_reason(token: int, count: int, stops: StopTokens, params: SamplingParams) -> str | None:
@@ -173,32 +242,38 @@ def _stop_reason(token: int, count: int, stops: StopTokens, params: SamplingPara
 def sample_batch(
     model, tokenizer, prompts: list[list[int]], params: SamplingParams, *,
     generator: torch.Generator, stops: StopTokens | None = None,
+    prefixes: list[PrefixCache | None] | None = None, keep_cache: bool = False,
 ) -> list[Sample]:
-    """Sample one move for each prompt (one forward batch; see the module docstring for the rules)."""
+    """Sample one move for each prompt in one forward batch (rules: module docstring).
+
+    ``prefixes[i]``, when given, holds the KV of ``prompts[i][:length]`` from an earlier call;
+    ``keep_cache`` returns each row's KV (prompt and fed move tokens) in ``Sample.cache``.
+    """
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops.eos_ids)
-    ids, mask = left_pad(prompts, pad_id, device)  # [B, L]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, mask, positions, cache = _batch_inputs(prompts, prefixes or [None] * len(prompts), pad_id, device)
     was_training = model.training
     model.eval()
     try:
-        logits, cache, positions = _prefill(model, ids, mask)  # [B, V], cache, [B]
+        logits = _forward(model, ids, mask, positions, cache)  # [B, V]
         stops = stops or StopTokens.for_tokenizer(tokenizer, logits.shape[-1])
+        positions = positions[:, -1]  # [B]
         rows = list(range(len(prompts)))  # batch row -> prompt index, for rows still running
-        drawn: list[list[int]] = [[] for _ in prompts]
-        logps: list[list[float]] = [[] for _ in prompts]
-        reasons: list[str] = [STOP_LENGTH] * len(prompts)
+        out = [Sample([], [], "", STOP_LENGTH) for _ in prompts]
         while rows:
             tokens, token_logps = draw(logits, params, generator)  # [B], [B]
             keep = []
-            for b, (prompt_index, token, logp) in enumerate(zip(rows, tokens.tolist(), token_logps.tolist())):
-                reason = _stop_reason(token, len(drawn[prompt_index]) + 1, stops, params)
+            for b, (i, token, logp) in enumerate(zip(rows, tokens.tolist(), token_logps.tolist())):
+                reason = _stop_reason(token, len(out[i].token_ids) + 1, stops, params)
                 if reason != STOP_EOS:
-                    drawn[prompt_index].append(token)
-                    logps[prompt_index].append(logp)
+                    out[i].token_ids.append(token)
+                    out[i].logprobs.append(logp)
                 if reason is None:
                     keep.append(b)
-                else:
-                    reasons[prompt_index] = reason
+                    continue
+                out[i].stop_reason = reason
+                if keep_cache:
+                    out[i].cache = _row_prefix(cache, mask[b], b)
             if not keep:
                 break
             if len(keep) < len(rows):
@@ -206,14 +281,14 @@ def sample_batch(
                 cache.batch_select_indices(index)
                 tokens, mask, positions = tokens[index], mask[index], positions[index]
                 rows = [rows[b] for b in keep]
-            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)  # [B, L+t+1]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)  # [B, C+N+t+1]
             positions = positions + 1  # [B]
-            logits, cache = _step(model, tokens, mask, positions, cache)
+            logits = _forward(model, tokens[:, None], mask, positions[:, None], cache)
     finally:
         model.train(was_training)
-    return [
-        Sample(drawn[i], logps[i], _decode(tokenizer, drawn[i]), reasons[i]) for i in range(len(prompts))
-    ]
+    for sample in out:
+        sample.text = _decode(tokenizer, sample.token_ids)
+    return out
 
 
 def _decode(tokenizer, ids: list[int]) -> str:

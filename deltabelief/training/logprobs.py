@@ -70,7 +70,9 @@ def token_logprobs(
     ).last_hidden_state  # [B, L, H]
     predicts = score[:, 1:].to(device)  # [B, L-1] position j predicts token j+1
     chosen = hidden[:, :-1][predicts]  # [N, H]
-    logits = model.get_output_embeddings()(chosen).float() / temperature  # [N, V]
+    logits = model.get_output_embeddings()(chosen).float()  # [N, V]
+    if temperature != 1.0:
+        logits = logits / temperature
     targets = input_ids[:, 1:].to(device)[predicts]  # [N]
     picked = -F.cross_entropy(logits, targets, reduction="none")  # [N] log-softmax of the chosen ids
     shifted = torch.zeros(predicts.shape, dtype=torch.float32, device=device).masked_scatter(predicts, picked)  # [B, L-1]

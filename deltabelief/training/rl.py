@@ -336,7 +336,7 @@ class RLTrainer:
         kb = getattr(self.judge, "kb", None)
         if kb is None or not hasattr(kb, "consistent"):
             return history_states(trajectories)
-        return [[kb.consistent([(x.move, x.status) for x in traj.turns[:t]]) for t in range(traj.num_turns)]
+        return [[frozenset(kb.consistent([(x.move, x.status) for x in traj.turns[:t]])) for t in range(traj.num_turns)]
                 for traj in trajectories]
 
     def make_batch(self, trajectories: list[Trajectory], turn_adv: torch.Tensor) -> Batch:

@@ -34,6 +34,8 @@ estimator.*                            algorithm.adv_estimator, algorithm.delta_
 
 The runner uses verl's DataProto trainer (``trainer.use_v1=false``): its ``RayPPOTrainer`` exposes
 the actor's ``compute_log_prob`` to the driver, where beliefs are scored (see ``runner.py``).
+The estimator options live in ``algorithm.delta_belief``, a key verl's ``AlgoConfig`` dataclass does
+not declare; verl 0.9.1's trainer passes the ``algorithm`` DictConfig to estimators unconverted.
 """
 
 from __future__ import annotations
@@ -234,6 +236,9 @@ def to_verl_overrides(
     ``train_files``/``val_files`` are verl RL parquet files (:func:`...runner.write_verl_dataset`);
     ``agent_loop_config_path`` the yaml from :func:`write_agent_loop_config`. Empty strings leave
     verl's value (the files) or null (the agent-loop yaml).
+
+    These alone do not make a run of verl's own ``main_ppo``: the agent loop also needs the
+    ``deltabelief`` section and the rewards need the trainer hook; ``runner.run_verl`` does both.
     """
     check_verl_config(config)
     values: dict[str, Any] = {}
@@ -278,18 +283,11 @@ def write_agent_loop_config(path: str | Path) -> Path:
 def config_from_section(section: Any) -> Config:
     """The ``deltabelief`` section of a verl config (DictConfig or mapping) -> :class:`Config`.
 
-    Rebuilt through :func:`~deltabelief.config.load_config` so the same strict checks apply
-    (an unknown key or a wrong type in the section is refused).
+    Rebuilt with the same strict checks as a preset (an unknown key or a wrong type is refused).
     """
     from omegaconf import DictConfig, OmegaConf
 
-    from deltabelief.config import flatten, load_config
+    from deltabelief.config import config_from_dict
 
     values = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
-    return load_config(None, [f"{key}={_yaml_scalar(value)}" for key, value in flatten(values).items()])
-
-
-def _yaml_scalar(value: Any) -> str:
-    """One value as flow-style YAML that ``load_config`` parses back to the same value (1e-06 -> 1.0e-06)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
-    return text[: -len("\n...\n")] if text.endswith("\n...\n") else text.rstrip("\n")
+    return config_from_dict(values)

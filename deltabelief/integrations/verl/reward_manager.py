@@ -38,6 +38,7 @@ from deltabelief.belief import delta_beliefs
 from deltabelief.config import RewardConfig
 from deltabelief.integrations.verl.estimator import turn_boundaries
 from deltabelief.rewards import reward_components
+from deltabelief.training.metrics import belief_metrics, reward_metrics
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +88,21 @@ class DeltaBeliefRewardManager(AbstractRewardManager):
             (unused: rewards come from beliefs and the judge's statuses, not from decoded text).
         reward: the reward settings (λ, win reward, penalties); ``RewardConfig()`` when omitted.
         estimator_name: core estimator name; its level decides where r_eog goes.
+        unanswerable_as_invalid: penalise an 'unanswerable' move with ``reward.invalid_penalty``
+            (``judge.unanswerable_as_invalid``, as the single-machine trainer does).
     """
 
     def __init__(self, tokenizer: Any = None, num_examine: int = 0, compute_score: Any = None,
                  reward_fn_key: str = "data_source", *, reward: RewardConfig | None = None,
-                 estimator_name: str = "turn_grpo", **kwargs: Any):
+                 estimator_name: str = "turn_grpo", unanswerable_as_invalid: bool = True, **kwargs: Any):
         if kwargs:
             raise TypeError(f"unexpected argument(s) {sorted(kwargs)} for {type(self).__name__}")
         self.tokenizer = tokenizer
         self.reward = reward if reward is not None else RewardConfig()
         level = get_estimator(estimator_name).level  # 'turn' -> r_eog on every turn
         self.outcome_on = "every_turn" if level == "turn" else "last_turn"
+        self.unanswerable_penalty = (self.reward.invalid_penalty if unanswerable_as_invalid
+                                     else self.reward.unanswerable_penalty)
 
     def __call__(self, data: DataProto, return_dict: bool = False) -> torch.Tensor | dict[str, Any]:
         """[B, L] token-level rewards; with ``return_dict`` also ``reward_extra_info`` and ``metrics``."""
@@ -116,7 +121,7 @@ class DeltaBeliefRewardManager(AbstractRewardManager):
             delta.delta, statuses, turn_mask, solved,
             belief_reward_weight=r.belief_reward_weight, win_reward=r.win_reward, turn_penalty=r.turn_penalty,
             invalid_penalty=r.invalid_penalty, repeated_penalty=r.repeated_penalty,
-            unanswerable_penalty=r.unanswerable_penalty, clip_negative_belief=r.clip_negative_belief,
+            unanswerable_penalty=self.unanswerable_penalty, clip_negative_belief=r.clip_negative_belief,
             outcome_on=self.outcome_on,
         )
         turn_rewards = parts.total()  # [B, T] r_t
@@ -127,26 +132,23 @@ class DeltaBeliefRewardManager(AbstractRewardManager):
             "reward_tensor": reward_tensor,
             "turn_rewards": turn_rewards,
             "reward_extra_info": {"turn_rewards": [row[m].tolist() for row, m in zip(turn_rewards, turn_mask)]},
-            "metrics": _metrics(parts, turn_mask, delta, solved),
+            "metrics": _metrics(turn_rewards, turn_mask, log_beliefs[:, : width + 1], belief_mask[:, : width + 1],
+                                delta, statuses, solved),
         }
 
 
-def _metrics(parts, turn_mask: torch.Tensor, delta, solved: torch.Tensor) -> dict[str, float]:
-    """Namespaced means over played turns (docs/metrics.md)."""
-    mask = turn_mask.float()  # [B, T]
-    played = mask.sum().clamp(min=1.0)
-
-    def turn_mean(values: torch.Tensor) -> float:
-        return float((values * mask).sum() / played)
-
-    scored = delta.turn_mask.float()  # [B, T]
-    return {
-        "reward/turn_mean": turn_mean(parts.total()),
-        "reward/outcome_mean": turn_mean(parts.outcome),
-        "reward/belief_mean": turn_mean(parts.belief),
-        "reward/penalty_mean": turn_mean(parts.penalty),
-        "belief/delta_mean": float((delta.delta * scored).sum() / scored.sum().clamp(min=1.0)),
-        "belief/num_nonfinite": float(delta.num_nonfinite),
-        "rollout/success_rate": float(solved.float().mean()) if len(solved) else 0.0,
-        "rollout/turns_mean": float(turn_mask.sum(dim=1).float().mean()) if len(solved) else 0.0,
-    }
+def _metrics(turn_rewards: torch.Tensor, turn_mask: torch.Tensor, log_beliefs: torch.Tensor,
+             belief_mask: torch.Tensor, delta, statuses: list[list[str]], solved: torch.Tensor) -> dict[str, float]:
+    """The step's ``reward/``, ``belief/``, ``rollout/`` and ``judge/`` metrics, named as in docs/metrics.md."""
+    out = {**reward_metrics(turn_rewards, turn_mask),
+           **belief_metrics(log_beliefs, belief_mask, delta.delta, delta.turn_mask, delta.num_nonfinite,
+                            int((~belief_mask.any(dim=1)).sum()))}
+    moves = [status for row in statuses for status in row]
+    turns = turn_mask.sum(dim=1).float()  # [B] N
+    out["rollout/success_rate"] = float(solved.float().mean()) if len(solved) else 0.0
+    out["rollout/num_turns_mean"] = float(turns.mean()) if len(turns) else 0.0
+    for status in ("invalid", "repeated", "unanswerable"):
+        out[f"rollout/{status}_rate"] = moves.count(status) / max(len(moves), 1)
+    judged = [m for m in moves if m in ("yes", "no")]
+    out["judge/yes_rate"] = judged.count("yes") / max(len(judged), 1)
+    return out

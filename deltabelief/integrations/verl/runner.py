@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import ray
 import torch
@@ -63,30 +63,28 @@ class DeltaBeliefTrainer(RayPPOTrainer):
 
     def _write_delta_belief_rewards(self, batch: DataProto) -> None:
         """Score beliefs, compute r_t, and overwrite ``rm_scores`` [B, L] in place."""
+        if "rm_scores" not in batch.batch.keys():
+            raise KeyError("the rollout batch has no rm_scores: the agent loop must set reward_score")
         settings = config_from_section(self.config[CONFIG_SECTION])
         log_beliefs, mask = score_beliefs(
             batch, self.tokenizer, settings.belief.template, self._actor_log_probs,
             chunk_size=settings.cluster.belief_chunk_size, on_unlocatable=settings.belief.on_unlocatable)
         batch.batch[BELIEF_KEY], batch.batch[BELIEF_MASK_KEY] = log_beliefs, mask  # [B, T+1]
         manager = DeltaBeliefRewardManager(self.tokenizer, reward=settings.reward,
-                                           estimator_name=settings.estimator.name)
+                                           estimator_name=settings.estimator.name,
+                                           unanswerable_as_invalid=settings.judge.unanswerable_as_invalid)
         out = manager(batch, return_dict=True)
-        if "rm_scores" not in batch.batch.keys():
-            raise KeyError("the rollout batch has no rm_scores: the agent loop must set reward_score")
+        batch.pop(batch_keys=[BELIEF_KEY, BELIEF_MASK_KEY])  # the workers never see them
+        self.last_beliefs = (log_beliefs, mask)  # [B, T+1] each, for inspection
         rm_scores = batch.batch["rm_scores"]  # [B, L], the tensor fit() already holds as the reward
         rm_scores.copy_(out["reward_tensor"].to(rm_scores.device, rm_scores.dtype))
-        scored = mask.any(dim=1)
-        self._delta_belief_metrics = {
-            **out["metrics"],
-            "belief/log_belief_mean": float(log_beliefs[mask].mean()) if mask.any() else 0.0,
-            "belief/num_excluded": float((~scored).sum()),
-            "rollout/truncated": float(sum(bool(v) for v in batch.non_tensor_batch["db_truncated"])),
-        }
+        truncated = [bool(v) for v in batch.non_tensor_batch["db_truncated"]]
+        self._delta_belief_metrics = {**out["metrics"], "rollout/truncated_rate": sum(truncated) / len(truncated)}
 
     def _actor_log_probs(self, rows: DataProto) -> torch.Tensor:
         """[M, R] log π of the rows' response tokens from the actor worker group (temperature 1)."""
         dp_size = self._get_dp_size(self.actor_rollout_wg, "actor")
-        padded, pad = pad_dataproto_to_divisor(rows, dp_size)  # the worker group splits rows evenly
+        padded, _ = pad_dataproto_to_divisor(rows, dp_size)  # the worker group splits rows evenly
         padded.meta_info = {**rows.meta_info, "temperature": 1.0,
                             "global_token_num": padded.batch["attention_mask"].sum(dim=1).tolist()}
         batch_td = left_right_2_no_padding(padded.to_tensordict())
@@ -108,7 +106,10 @@ class DeltaBeliefTaskRunner(BaseTaskRunner):
 
         log.info("ΔBelief task runner on %s (pid %d)", socket.gethostname(), os.getpid())
         OmegaConf.resolve(config)
-        actor_rollout_cls, worker_group_cls = self.add_actor_rollout_worker(config)
+        tracking_uri = config_from_section(config[CONFIG_SECTION]).tracking.tracking_uri
+        if tracking_uri:  # verl's mlflow logger reads the environment of this process
+            os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        _, worker_group_cls = self.add_actor_rollout_worker(config)
         self.add_critic_worker(config)
         self.add_reward_model_resource_pool(config)
         self.add_teacher_model_resource_pool(config)
@@ -159,12 +160,20 @@ def write_verl_dataset(targets: list[Target], config: Config, path: str | Path) 
     return path
 
 
-def prepare_verl_run(config: Config, targets_path: str | Path, out_dir: str | Path) -> DictConfig:
-    """Dataset files, agent-loop yaml and the composed verl config (saved as ``verl_config.yaml``)."""
+def prepare_verl_run(config: Config, targets_path: str | Path, out_dir: str | Path,
+                     exclude_ids: Sequence[str] = ()) -> DictConfig:
+    """Dataset files, agent-loop yaml and the composed verl config (saved as ``verl_config.yaml``).
+
+    ``exclude_ids``: train targets to leave out (calibration's unlocatable targets), each logged.
+    """
     from deltabelief.data.targets import read_targets
 
     out = Path(out_dir)
-    train, val = read_targets(targets_path, "train"), read_targets(targets_path, "val")
+    excluded = set(exclude_ids)
+    train = [t for t in read_targets(targets_path, "train") if t.id not in excluded]
+    if excluded:
+        log.info("left out %d excluded train targets, e.g. %s", len(excluded), sorted(excluded)[:3])
+    val = read_targets(targets_path, "val")
     if len(train) < config.train.targets_per_step:
         raise ValueError(f"{targets_path}: {len(train)} train targets, fewer than train.targets_per_step="
                          f"{config.train.targets_per_step} (a step would never fill)")
@@ -181,18 +190,63 @@ def prepare_verl_run(config: Config, targets_path: str | Path, out_dir: str | Pa
     return verl_config
 
 
-def run_verl(config: Config, targets_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def last_actor_checkpoint(checkpoint_dir: str | Path) -> Path:
+    """``<checkpoint_dir>/global_step_<n>/actor`` for the step verl recorded last."""
+    marker = Path(checkpoint_dir) / "latest_checkpointed_iteration.txt"
+    if not marker.exists():
+        raise FileNotFoundError(f"no {marker}: verl saved no checkpoint (is train.checkpoint_every > 0?)")
+    actor = Path(checkpoint_dir) / f"global_step_{int(marker.read_text().strip())}" / "actor"
+    if not actor.is_dir():
+        raise FileNotFoundError(f"{marker} names {actor}, which does not exist")
+    return actor
+
+
+def export_hf_model(actor_dir: str | Path, target_dir: str | Path) -> Path:
+    """A verl FSDP actor checkpoint -> a transformers directory; a LoRA adapter is merged into the weights.
+
+    Uses verl's own model merger, then peft's ``merge_and_unload`` when the merger wrote a
+    ``lora_adapter`` directory, so the evaluation stage loads one plain checkpoint.
+    """
+    from verl.model_merger.base_model_merger import ModelMergerConfig
+    from verl.model_merger.fsdp_model_merger import FSDPModelMerger
+
+    actor_dir, target_dir = Path(actor_dir), Path(target_dir)
+    raw = target_dir / "verl_export"
+    merger = FSDPModelMerger(ModelMergerConfig(operation="merge", backend="fsdp", target_dir=str(raw),
+                                               local_dir=str(actor_dir),
+                                               hf_model_config_path=str(actor_dir / "huggingface")))
+    merger.merge_and_save()
+    merger.cleanup()
+    adapter = raw / "lora_adapter"
+    if not adapter.exists():
+        return raw
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(raw, dtype=torch.bfloat16),
+                                       adapter).merge_and_unload()
+    out = target_dir / "model"
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(raw).save_pretrained(out)
+    return out
+
+
+def run_verl(config: Config, targets_path: str | Path, out_dir: str | Path,
+             exclude_ids: Sequence[str] = ()) -> dict[str, Any]:
     """Train ``config`` on a Ray cluster with verl (FSDP actor, vLLM rollouts); GPU only.
 
-    Joins the running Ray cluster when there is one (``ray.init`` is left to verl otherwise).
-    Returns where everything went and the sizes of the run.
+    Joins the running Ray cluster when there is one (verl calls ``ray.init`` otherwise), trains,
+    and exports the last checkpoint as a transformers directory. Returns where everything went.
     """
-    verl_config = prepare_verl_run(config, targets_path, out_dir)
+    verl_config = prepare_verl_run(config, targets_path, out_dir, exclude_ids)
     run_ppo(verl_config, task_runner_class=DeltaBeliefTaskRunner)
     out = Path(out_dir)
+    checkpoint_dir = Path(verl_config.trainer.default_local_dir)
+    model_dir = export_hf_model(last_actor_checkpoint(checkpoint_dir), out / "final")
     return {
+        "model_dir": str(model_dir),
         "out_dir": str(out),
-        "checkpoint_dir": str(verl_config.trainer.default_local_dir),
+        "checkpoint_dir": str(checkpoint_dir),
         "verl_config": str(out / "verl_config.yaml"),
         "num_steps": config.train.num_steps,
         "rollouts_per_step": config.train.targets_per_step * config.train.rollouts_per_target,

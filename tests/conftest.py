@@ -1,0 +1,17 @@
+"""Shared test setup: offline, no telemetry, no Flyte cache, temporary files in a scratch dir.
+
+The environment is set at import, before any test module imports transformers, mlflow
+or flytekit. Keep this file small; add shared fixtures below.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["FLYTE_LOCAL_CACHE_ENABLED"] = "false"
+_SCRATCH = tempfile.mkdtemp(prefix="deltabelief-tests-")
+os.environ["TMPDIR"] = _SCRATCH
+tempfile.tempdir = _SCRATCH

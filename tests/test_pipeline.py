@@ -1,0 +1,98 @@
+"""The Flyte pipeline on the tiny preset, called from pytest (local execution, real local Ray)."""
+
+from __future__ import annotations
+
+import importlib
+
+import mlflow
+import pandas as pd
+import pytest
+
+from deltabelief.config import load_config
+from deltabelief.tracking import CHALLENGER, CHAMPION
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture()
+def mlflow_uri(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def _client(uri):
+    return mlflow.tracking.MlflowClient(uri, registry_uri=uri)
+
+
+def test_tiny_pipeline_end_to_end_then_nightly_plan(ray_session, mlflow_uri, monkeypatch):
+    from workflows.pipeline import delta_belief_pipeline
+
+    decision = delta_belief_pipeline(config="configs/tiny.yaml")
+    assert decision["promoted"] and decision["reason"] == "no champion yet"
+
+    client = _client(mlflow_uri)
+    name = load_config("tiny").tracking.registered_model_name
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+    assert str(champion.version) == decision["version"]
+    experiment = client.get_experiment_by_name("deltabelief")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    stages = {r.data.tags.get("deltabelief.stage") for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"synthesize", "validate-targets", "validate-trajectories", "warm_start", "calibrate", "train",
+            "evaluate", "register", "promote"} <= stages
+    for tag in ("deltabelief.git_commit", "deltabelief.config_hash", "deltabelief.data_version"):
+        assert parent.data.tags.get(tag), tag
+    model = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
+    assert model["tokenizer"].chat_template
+
+    # The nightly plan, called with its fixed inputs (pointed at the tiny preset for the test).
+    monkeypatch.setenv("DELTABELIEF_NIGHTLY_PRESET", "configs/tiny.yaml")
+    import workflows.launch_plans as plans
+
+    plans = importlib.reload(plans)
+    assert plans.nightly_retrain.schedule is not None
+    assert plans.nightly_retrain.fixed_inputs.literals["config"].scalar.primitive.string_value == "configs/tiny.yaml"
+    second = plans.nightly_retrain()
+    assert second["version"] != decision["version"]
+    # Same preset and seed: the same score, which does not beat the champion by more than the margin.
+    assert not second["promoted"]
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == decision["version"]
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == second["version"]
+
+
+def test_broken_dataset_stops_before_warm_start(ray_session, mlflow_uri, monkeypatch):
+    from deltabelief.data import synthesis
+    from workflows.pipeline import delta_belief_pipeline
+
+    real = synthesis.synthesize
+
+    def plant_fault(data, game, out_dir):
+        result = real(data, game, out_dir)
+        frame = pd.read_parquet(result.targets_path)
+        frame.loc[1, "id"] = frame.loc[0, "id"]  # a duplicate id breaks the targets contract
+        frame.to_parquet(result.targets_path)
+        return result
+
+    monkeypatch.setattr(synthesis, "synthesize", plant_fault)
+    with pytest.raises(Exception, match="id"):
+        delta_belief_pipeline(config="configs/tiny.yaml")
+    client = _client(mlflow_uri)
+    assert client.search_registered_models() == []
+    runs = client.search_runs([client.get_experiment_by_name("deltabelief").experiment_id])
+    stages = {r.data.tags.get("deltabelief.stage") for r in runs}
+    assert "warm_start" not in stages
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FAILED" and parent.data.tags["deltabelief.failed_stage"] == "validate-targets"
