@@ -8,9 +8,10 @@ model's chat template and timed, side by side in one process:
 - ``plain``: one ``model(input_ids)`` over the same trajectory with logits at every position
   (what a trainer's log-probability pass costs anyway).
 
-Reported per N: median seconds of each, ``per_prefix / packed`` (speed-up of packing),
-``packed / plain`` (overhead of belief scoring relative to one forward), and the largest
-|packed − per_prefix| log-belief difference on this model's real weights.
+Reported per N: median wall and CPU seconds of each (calls interleaved), ``per_prefix / packed``
+(speed-up of packing) and ``packed / plain`` (cost of belief scoring relative to one forward), both
+from CPU time, the tokens each way feeds the model (noise-free), and the largest
+|packed − per_prefix| log-belief difference on the model's weights.
 
     python benchmarks/bench_belief.py --model smollm2
 """
@@ -26,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from deltabelief.belief import score_beliefs, score_beliefs_per_prefix
+from deltabelief.belief import build_elicitation, score_beliefs, score_beliefs_per_prefix, turn_ends
 from deltabelief.games.base import Target
 from deltabelief.policy.chat import encode, observation_ids, prompt_ids
 from deltabelief.policy.loading import load_causal_lm
@@ -55,42 +56,58 @@ def build_trajectory(tokenizer, num_turns: int, target: str = "elephant") -> Tra
     return Trajectory(Target(id=target, task="twenty_questions", target=target), 0, 0, ids, prompt_length, turns)
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _timed(fn: Callable[[], object]) -> tuple[float, float, object]:
+    """(wall seconds, process CPU seconds, result) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def _side_by_side(fns: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, dict], dict[str, object]]:
+    """Median wall and CPU seconds of each function, calls interleaved so that load changes hit all alike."""
+    results = {name: fn() for name, fn in fns.items()}  # warm-up
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            wall, cpu, results[name] = _timed(fn)
+            samples[name].append((wall, cpu))
+    medians = {name: {"wall_s": statistics.median(w for w, _ in s), "cpu_s": statistics.median(c for _, c in s)}
+               for name, s in samples.items()}
+    return medians, results
 
 
 def run(model_spec: str = "smollm2", turns: tuple[int, ...] = (5, 10, 20), repeats: int = 3,
         template: str = "Is it '{target}'?") -> dict:
-    """Time the three ways for each game length; see the module docstring for the keys."""
+    """Time the three ways for each game length; see the module docstring for the keys.
+
+    Ratios use process CPU time (robust to other processes sharing the machine); wall times are
+    reported too.
+    """
     model, tokenizer = load_causal_lm(model_spec)
     results: dict = {"model": model_spec, "template": template, "threads": torch.get_num_threads(), "turns": {}}
     for num_turns in turns:
         traj = build_trajectory(tokenizer, num_turns)
         ids = torch.tensor([traj.input_ids])
 
-        def plain() -> None:
+        def plain(ids: torch.Tensor = ids) -> None:
             with torch.no_grad():
                 model(input_ids=ids, use_cache=False)
 
-        packed_s = _median_seconds(lambda: score_beliefs(model, tokenizer, [traj], template), repeats)
-        prefix_s = _median_seconds(lambda: score_beliefs_per_prefix(model, tokenizer, [traj], template), repeats)
-        plain_s = _median_seconds(plain, repeats)
-        diff = (score_beliefs(model, tokenizer, [traj], template).log_beliefs
-                - score_beliefs_per_prefix(model, tokenizer, [traj], template).log_beliefs).abs().max().item()
+        times, out = _side_by_side({
+            "packed": lambda traj=traj: score_beliefs(model, tokenizer, [traj], template),
+            "per_prefix": lambda traj=traj: score_beliefs_per_prefix(model, tokenizer, [traj], template),
+            "plain_forward": plain,
+        }, repeats)
+        suffix = len(build_elicitation(tokenizer, template, traj.target.target).ids)
+        ends = turn_ends(traj)
         results["turns"][num_turns] = {
             "tokens": len(traj.input_ids),
-            "packed_s": packed_s,
-            "per_prefix_s": prefix_s,
-            "plain_forward_s": plain_s,
-            "per_prefix_over_packed": prefix_s / packed_s,
-            "packed_over_plain": packed_s / plain_s,
-            "max_abs_diff": diff,
+            "packed_tokens": ends[-1] + len(ends) * suffix,  # one row: h_N + N+1 suffixes
+            "per_prefix_tokens": sum(end + suffix for end in ends),  # N+1 rows: h_t + suffix each
+            **{f"{name}_{key}": value for name, t in times.items() for key, value in t.items()},
+            "per_prefix_over_packed": times["per_prefix"]["cpu_s"] / times["packed"]["cpu_s"],
+            "packed_over_plain": times["packed"]["cpu_s"] / times["plain_forward"]["cpu_s"],
+            "max_abs_diff": (out["packed"].log_beliefs - out["per_prefix"].log_beliefs).abs().max().item(),
         }
         log.info("N=%d: %s", num_turns, results["turns"][num_turns])
     return results

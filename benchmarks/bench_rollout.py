@@ -65,10 +65,17 @@ def _measure(policy: Policy, games: int, turns: int, seed: int) -> dict:
 
 def run(
     model_spec: str = "smollm2", concurrency: tuple[int, ...] = (1, 8, 32), turns: int = 5,
-    single_game_turns: int = 20, seed: int = 0,
+    single_game_turns: int = 20, seed: int = 0, threads: int | None = None,
+    keep_kv_cache: bool = True,
 ) -> dict:
-    """Measure rollout throughput for each concurrency level (side by side, one model load)."""
-    policy = Policy.from_config(PolicyConfig(model=model_spec), seed=seed)
+    """Measure rollout throughput for each concurrency level (side by side, one model load).
+
+    ``threads`` sets torch's intra-op threads (default: torch's choice). On a shared, busy
+    machine one thread can be much faster than two: OpenMP workers spin on each other.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    policy = Policy.from_config(PolicyConfig(model=model_spec, keep_kv_cache=keep_kv_cache), seed=seed)
     _measure(policy, 1, 1, seed)  # warm-up: first-call overheads, stop-token table
     results = [_measure(policy, games, turns, seed) for games in concurrency]
     report = {
@@ -78,6 +85,8 @@ def run(
         "max_new_tokens": policy.config.max_new_tokens,
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "keep_kv_cache": policy.config.keep_kv_cache,
         "machine": platform.machine(),
         "results": results,
     }
@@ -94,9 +103,15 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated numbers of concurrent games")
     parser.add_argument("--turns", type=int, default=5, help="questions per game in the throughput runs")
     parser.add_argument("--single-game-turns", type=int, default=20, help="questions in the one-game timing (0: skip)")
+    parser.add_argument("--no-kv-cache", action="store_true", help="re-run the whole conversation every turn")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
-    print(json.dumps(run(args.model, concurrency, args.turns, args.single_game_turns), indent=2))
+    report = run(
+        args.model, concurrency, args.turns, args.single_game_turns,
+        threads=args.threads or None, keep_kv_cache=not args.no_kv_cache,
+    )
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from __future__ import annotations
 import inspect
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Hashable, Literal, Sequence
+from typing import Callable, Hashable, Literal
 
 import torch
 
@@ -285,14 +285,16 @@ def gigpo(turn_rewards, turn_mask, group_ids, *, norm_by_std: bool = True, eps: 
     ids = torch.as_tensor(group_ids).flatten().tolist()
     keys = _step_keys(step_states, mask, ids)
     numbering: dict[Hashable, int] = {}
-    step_index = torch.zeros(mask.numel(), dtype=torch.long)  # [B·T] step group of each (i, t)
+    flat_index = [0] * mask.numel()  # step group of each (i, t), row-major
     for (i, t), key in keys.items():
-        step_index[i * mask.shape[1] + t] = numbering.setdefault(key, len(numbering))
-    returns = discounted_returns(turn_rewards, mask, gigpo_gamma).reshape(-1, 1)  # [B·T, 1]
+        flat_index[i * mask.shape[1] + t] = numbering.setdefault(key, len(numbering))
+    step_index, num_steps = torch.tensor(flat_index, dtype=torch.long), max(len(numbering), 1)  # [B·T]
+    returns = discounted_returns(turn_rewards, mask, gigpo_gamma).reshape(-1, 1)  # [B·T, 1] G[i,t]
     played = mask.reshape(-1, 1)  # [B·T, 1]
-    step = _group_zscore(returns, played, step_index, max(len(numbering), 1), norm_by_std=norm_by_std, eps=eps)
-    sizes = torch.zeros(max(len(numbering), 1), dtype=torch.float64).index_add_(0, step_index, played[:, 0].double())  # step group sizes
-    step = torch.where(sizes[step_index][:, None] > 1, step, torch.zeros_like(step)).reshape(mask.shape)  # [B, T]
+    step = _group_zscore(returns, played, step_index, num_steps, norm_by_std=norm_by_std, eps=eps)  # [B·T, 1]
+    sizes = returns.new_zeros(num_steps).index_add_(0, step_index, played[:, 0].double())  # step group sizes
+    step = torch.where(sizes[step_index][:, None] > 1, step, torch.zeros_like(step))  # singletons get 0
+    step = step.reshape(mask.shape)  # [B, T]
     episode = grpo(turn_rewards.double(), mask, group_ids, norm_by_std=norm_by_std, eps=eps)  # [B, T]
     return ((episode + gigpo_omega * step) * mask).to(turn_rewards.dtype)  # A = A_episode + ω·A_step
 

@@ -132,7 +132,8 @@ def turn_ends(trajectory: Trajectory) -> list[int]:
         raise ValueError(f"{where}: prompt_length must be positive, got {ends[0]}")
     for t in range(1, len(ends)):
         if ends[t] <= ends[t - 1]:
-            raise ValueError(f"{where}: turns[{t - 1}].end_of_turn={ends[t]} is not after h_{t - 1}'s end {ends[t - 1]}")
+            raise ValueError(f"{where}: turns[{t - 1}].end_of_turn={ends[t]} is not after "
+                             f"h_{t - 1}'s end {ends[t - 1]}")
     if ends[-1] > len(trajectory.input_ids):
         raise ValueError(f"{where}: h_N ends at {ends[-1]} beyond its {len(trajectory.input_ids)} input_ids")
     return ends
@@ -180,6 +181,8 @@ class _Packed:
 
     ids: list[int]
     """[L_i] input_ids[:e_N] followed by suffix_0 … suffix_N."""
+    history: int
+    """e_N: columns before this are the shared history, from here on the suffix block."""
     position_ids: list[int]
     segment_start: list[int]
     """[L_i] first column of the token's own causal segment (0 for the shared history)."""
@@ -208,7 +211,7 @@ def _pack(trajectory: Trajectory, elicitation: Elicitation) -> _Packed:
         # k = 0 with an empty prefix that earlier position is h_t's last token (end - 1).
         read.append([start + num_prefix + k - 1 if num_prefix + k > 0 else end - 1
                      for k in range(len(elicitation.target_ids))])
-    return _Packed(ids, position_ids, segment_start, context_end,
+    return _Packed(ids, base, position_ids, segment_start, context_end,
                    torch.tensor(read, dtype=torch.long), torch.tensor(elicitation.target_ids, dtype=torch.long))
 
 
@@ -230,20 +233,33 @@ def packed_attention_mask(segment_start: torch.Tensor, context_end: torch.Tensor
     return mask[:, None]  # [B, 1, L, L]
 
 
-def _collate(packs: list[_Packed], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad packed rows; a pad token attends only to itself (no all −inf rows)."""
+def _collate(packs: list[_Packed], pad_id: int) -> dict:
+    """Pad packed rows to one length L with the padding *between* history and suffix block.
+
+    The suffix blocks end at column L in every row, so rows with the same number of turns and
+    target length read their logits at the same columns (a small ``logits_to_keep``). Every column
+    index at or after a row's history end moves right by that row's padding; a pad token attends
+    only to itself (no all −inf rows).
+    """
     length = max(len(p.ids) for p in packs)
     ids = torch.full((len(packs), length), pad_id, dtype=torch.long)  # [B, L]
     positions = torch.zeros((len(packs), length), dtype=torch.long)  # [B, L]
     start = torch.arange(length).repeat(len(packs), 1)  # [B, L] pads: own segment = itself
     context = torch.zeros((len(packs), length), dtype=torch.long)  # [B, L]
+    reads = []
     for row, p in enumerate(packs):
-        n = len(p.ids)
-        ids[row, :n] = torch.tensor(p.ids)
-        positions[row, :n] = torch.tensor(p.position_ids)
-        start[row, :n] = torch.tensor(p.segment_start)
-        context[row, :n] = torch.tensor(p.context_end)
-    return {"ids": ids, "positions": positions, "start": start, "context": context}
+        shift = length - len(p.ids)  # padding inserted at column p.history
+
+        def moved(index: torch.Tensor, p: _Packed = p, shift: int = shift) -> torch.Tensor:
+            return torch.where(index >= p.history, index + shift, index)
+
+        columns = moved(torch.arange(len(p.ids)))  # [L_i] where each packed token lands
+        ids[row, columns] = torch.tensor(p.ids)
+        positions[row, columns] = torch.tensor(p.position_ids)
+        start[row, columns] = moved(torch.tensor(p.segment_start))
+        context[row, columns] = torch.tensor(p.context_end)  # history columns do not move
+        reads.append(moved(p.read_positions))  # [N+1, K]
+    return {"ids": ids, "positions": positions, "start": start, "context": context, "reads": reads}
 
 
 @contextmanager
@@ -271,18 +287,18 @@ def _score_packed_batch(model, packs: list[_Packed], pad_id: int) -> list[torch.
     batch = _collate(packs, pad_id)
     device = _model_device(model)
     mask = packed_attention_mask(batch["start"], batch["context"], _model_dtype(model))  # [B, 1, L, L]
-    keep = torch.unique(torch.cat([p.read_positions.flatten() for p in packs]))  # [U] sorted positions to read
+    keep = torch.unique(torch.cat([r.flatten() for r in batch["reads"]]))  # [U] sorted columns to read
     logits = model(
         input_ids=batch["ids"].to(device),
         position_ids=batch["positions"].to(device),
         attention_mask=mask.to(device),
         logits_to_keep=keep.to(device),
         use_cache=False,
-    ).logits.float()  # [B, U, V]
+    ).logits  # [B, U, V]
     out = []
     for row, p in enumerate(packs):
-        columns = torch.searchsorted(keep, p.read_positions).to(device)  # [N+1, K] index into U
-        logprobs = torch.log_softmax(logits[row, columns], dim=-1)  # [N+1, K, V] temperature 1
+        columns = torch.searchsorted(keep, batch["reads"][row]).to(device)  # [N+1, K] index into U
+        logprobs = torch.log_softmax(logits[row, columns].float(), dim=-1)  # [N+1, K, V] temperature 1
         target = p.target_ids.to(device).expand(columns.shape)  # [N+1, K]
         token_lp = logprobs.gather(-1, target[..., None])[..., 0]  # [N+1, K] log π(y_k | h_t, prefix, y_<k)
         out.append(token_lp.sum(-1).cpu())  # [N+1] log b_t = Σ_k log π(y_k | …), no length normalisation
@@ -317,7 +333,17 @@ def score_beliefs(
 ) -> BeliefScores:
     """log b_0..log b_N of every trajectory, one packed forward pass per trajectory.
 
-    Trajectories are sorted by packed length and ``batch_size`` of them share a padded forward.
+    Args:
+        model: a causal LM (transformers, optionally peft-wrapped) accepting a 4-D attention mask.
+        tokenizer: its tokenizer.
+        trajectories: B rollouts; h_t ends at ``prompt_length`` / ``turns[t-1].end_of_turn``.
+        template: the elicitation, with ``{target}`` exactly once.
+        on_unlocatable: ``"raise"`` :class:`UnlocatableTargetError`, or ``"exclude"`` the
+            trajectory and list it in :attr:`BeliefScores.excluded`.
+        batch_size: trajectories per padded forward (sorted by packed length first).
+    Returns:
+        :class:`BeliefScores` with ``log_beliefs`` [B, T+1] and ``mask`` [B, T+1].
+
     The model is put in eval mode under ``torch.no_grad`` for the call and restored afterwards.
     """
     if batch_size < 1:

@@ -142,7 +142,10 @@ def calibrate_stage(config: Config, model_dir: Path, trajectories: Path, out_dir
     def body(tracker: Tracker):
         report = calibrate(override(config, {"policy.model": str(model_dir)}), trajectories, out_dir)
         tracker.log_artifact(out_dir, "calibration")
-        tracker.log({f"calibration/{k}": v for k, v in _flat_numbers(report.per_template).items()})
+        # Templates are free text, not valid metric names: number them and tag the text.
+        for i, (template, metrics) in enumerate(report.per_template.items()):
+            tracker.log({f"calibration/template_{i}/{k}": v for k, v in _flat_numbers(metrics).items()})
+            tracker.set_tags({f"calibration.template_{i}": template})
         tracker.set_tags({"calibration.chosen_template": report.chosen_template})
         return report.chosen_template, sorted(excluded_target_ids(report))
 

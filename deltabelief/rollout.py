@@ -9,9 +9,11 @@ turn, the final answer, the next assistant header) is appended too, so h_N can b
 scored like every other h_t.
 
 Games are ordered target-major: game ``g * n_per_target + i`` is sample ``i`` of
-target ``g``; ``group_id = g``. One ``torch.Generator`` seeded with ``seed`` draws
-every token in that order, so the same seed (and batch size) gives identical
-trajectories.
+target ``g``; ``group_id = g``. Every game draws from its own ``torch.Generator``
+seeded from ``(seed, game index)``: the same seed gives identical trajectories, and
+a game's random stream does not depend on the batch size or on which other games
+are still running (results across batch sizes or cache settings then agree up to
+rare float-rounding flips, see :func:`~deltabelief.policy.sampling.inverse_cdf`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deltabelief.games.base import Game, GameState, Target, play_moves
+from deltabelief.games.base import Game, GameState, StepResult, Target, play_moves
 from deltabelief.judges.base import Judge
 from deltabelief.policy.chat import observation_ids, prompt_ids
 from deltabelief.policy.policy import Policy
-from deltabelief.policy.sampling import PrefixCache
+from deltabelief.policy.sampling import PrefixCache, Sample
 from deltabelief.trajectory import PolicyTurn, Trajectory
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class _Game:
 
     trajectory: Trajectory
     state: GameState
+    generator: torch.Generator
     cache: PrefixCache | None = None
     """KV of the conversation's first tokens, from the last round (``policy.config.keep_kv_cache``)."""
 
@@ -88,7 +92,15 @@ def _with_max_turns(game: Game, max_turns: int | None) -> Game:
     return game
 
 
-def _start_games(policy: Policy, game: Game, targets: list[Target], n_per_target: int) -> list[_Game]:
+def game_generator(seed: int, index: int) -> torch.Generator:
+    """The random stream of game ``index`` in a rollout seeded with ``seed``."""
+    state = np.random.SeedSequence([seed, index]).generate_state(1)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state))
+
+
+def _start_games(
+    policy: Policy, game: Game, targets: list[Target], n_per_target: int, seed: int
+) -> list[_Game]:
     games = []
     for group_id, target in enumerate(targets):
         messages = game.opening_messages(target)
@@ -100,11 +112,11 @@ def _start_games(policy: Policy, game: Game, targets: list[Target], n_per_target
             )
             state = game.new_state(target)
             state.max_turns = game.max_turns
-            games.append(_Game(trajectory, state))
+            games.append(_Game(trajectory, state, game_generator(seed, len(games))))
     return games
 
 
-def _record_turn(policy: Policy, running: _Game, sample, result) -> None:
+def _record_turn(policy: Policy, running: _Game, sample: Sample, result: StepResult) -> None:
     """Append a sampled move and its observation to the game's token record."""
     trajectory = running.trajectory
     start = len(trajectory.input_ids)
@@ -137,16 +149,14 @@ def rollout_with_stats(
         raise ValueError(f"n_per_target must be at least 1, got {n_per_target}")
     began = time.perf_counter()
     game = _with_max_turns(game, max_turns)
-    games = _start_games(policy, game, targets, n_per_target)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    games = _start_games(policy, game, targets, n_per_target, seed)
     sample_seconds = judge_seconds = 0.0
-    rounds = 0
+    rounds, keep_cache = 0, policy.config.keep_kv_cache
     bar = tqdm(total=game.max_turns, desc="rollout", unit="round", disable=not progress)
     while running := [g for g in games if not g.state.done]:
         tick = time.perf_counter()
-        keep_cache = policy.config.keep_kv_cache
         samples = policy.sample(
-            [g.trajectory.input_ids for g in running], generator=generator, eval_mode=eval_mode,
+            [g.trajectory.input_ids for g in running], generator=[g.generator for g in running], eval_mode=eval_mode,
             batch_size=batch_size, prefixes=[g.cache for g in running] if keep_cache else None,
             keep_cache=keep_cache,
         )

@@ -77,12 +77,16 @@ def fresh_logprobs(model, prompt: list[int], tokens: list[int], temperature=1.0,
 def test_template_pieces_on_smollm2(tokenizer):
     assert tokenizer.decode(chat.assistant_header_ids(tokenizer)) == "<|im_start|>assistant\n"
     assert tokenizer.decode(chat.end_of_turn_ids(tokenizer)) == "<|im_end|>\n"
-    assert chat.observation_text(tokenizer, "No.") == "<|im_end|>\n<|im_start|>user\nNo.<|im_end|>\n<|im_start|>assistant\n"
+    observation = "<|im_end|>\n<|im_start|>user\nNo.<|im_end|>\n<|im_start|>assistant\n"
+    assert chat.observation_text(tokenizer, "No.") == observation
     assert chat.observation_ids(tokenizer, "No.") == chat.encode(tokenizer, chat.observation_text(tokenizer, "No."))
     # <|im_start|>=1, <|im_end|>=2 and '\n'=198 in SmolLM2's vocabulary.
     assert chat.observation_ids(tokenizer, "No.")[:2] == [2, 198]
     assert chat.assistant_header_ids(tokenizer)[0] == 1
-    expected = "<|im_start|>system\nYou ask yes/no questions.<|im_end|>\n<|im_start|>user\nGuess my thing.<|im_end|>\n<|im_start|>assistant\n"
+    expected = (
+        "<|im_start|>system\nYou ask yes/no questions.<|im_end|>\n"
+        "<|im_start|>user\nGuess my thing.<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert chat.prompt_ids(tokenizer, OPENING) == chat.encode(tokenizer, expected)
 
 
@@ -140,7 +144,8 @@ def test_cut_to_one_question_and_logprobs_match_fresh_forward(tokenizer, stops):
     model = biased_tiny(tokenizer, "?", 9.0)
     prompts = [chat.prompt_ids(tokenizer, OPENING), chat.prompt_ids(tokenizer, OPENING[1:]), [1, 4093, 198]]
     params = SamplingParams(temperature=1.0, max_new_tokens=24)
-    samples = sample_batch(model, tokenizer, prompts * 2, params, generator=torch.Generator().manual_seed(3), stops=stops)
+    generator = torch.Generator().manual_seed(3)
+    samples = sample_batch(model, tokenizer, prompts * 2, params, generator=generator, stops=stops)
     assert {s.stop_reason for s in samples} >= {"question"}
     assert len({len(s.token_ids) for s in samples}) > 1  # rows stopped at different steps (batch pruning ran)
     for prompt, sample in zip(prompts * 2, samples):
@@ -159,7 +164,8 @@ def test_logprobs_are_under_the_filtered_tempered_distribution(tokenizer, stops)
     model = biased_tiny(tokenizer, "?", 4.0)
     prompt = chat.prompt_ids(tokenizer, OPENING)
     params = SamplingParams(temperature=0.7, top_k=20, top_p=0.8, max_new_tokens=12)
-    (sample,) = sample_batch(model, tokenizer, [prompt], params, generator=torch.Generator().manual_seed(0), stops=stops)
+    generator = torch.Generator().manual_seed(0)
+    (sample,) = sample_batch(model, tokenizer, [prompt], params, generator=generator, stops=stops)
     fresh = fresh_logprobs(model, prompt, sample.token_ids, temperature=0.7, top_k=20, top_p=0.8)
     assert max(abs(a - b) for a, b in zip(fresh, sample.logprobs)) < 1e-4
     assert all(math.isfinite(x) and x <= 0 for x in sample.logprobs)
@@ -189,7 +195,8 @@ def test_resuming_from_prefix_caches_matches_running_the_whole_prompt(tokenizer,
     greedy, sampled = SamplingParams(temperature=0.0, max_new_tokens=10), SamplingParams(max_new_tokens=10)
     first_prompts = [chat.prompt_ids(tokenizer, OPENING), [1, 4093, 198]]
     first = sample_batch(
-        model, tokenizer, first_prompts, sampled, generator=torch.Generator().manual_seed(0), stops=stops, keep_cache=True
+        model, tokenizer, first_prompts, sampled, generator=torch.Generator().manual_seed(0), stops=stops,
+        keep_cache=True,
     )
     # The cache covers the prompt and every fed token: all drawn tokens but a final '?'/length one.
     for prompt, sample in zip(first_prompts, first):
@@ -209,7 +216,25 @@ def test_resuming_from_prefix_caches_matches_running_the_whole_prompt(tokenizer,
             fresh = fresh_logprobs(model, prompt, a.token_ids)
             assert max(abs(x - y) for x, y in zip(fresh, a.logprobs)) < 1e-4
     with pytest.raises(ValueError, match="row 0: prefix cache covers"):
-        sample_batch(model, tokenizer, [first_prompts[0][:3]], greedy, generator=torch.Generator(), prefixes=[first[0].cache])
+        sample_batch(
+            model, tokenizer, [first_prompts[0][:3]], greedy, generator=torch.Generator(), prefixes=[first[0].cache]
+        )
+
+
+def test_per_row_generators_make_a_row_independent_of_its_batch(tokenizer, stops):
+    model = biased_tiny(tokenizer, "?", 7.0, seed=1)
+    short, long = [1, 4093, 198], chat.prompt_ids(tokenizer, OPENING)
+    params = SamplingParams(max_new_tokens=12)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    (alone,) = sample_batch(model, tokenizer, [short], params, generator=gens(11), stops=stops)
+    batched = sample_batch(model, tokenizer, [long, short, long], params, generator=gens(5, 11, 6), stops=stops)
+    assert batched[1].token_ids == alone.token_ids
+    assert batched[0].token_ids != batched[2].token_ids  # same prompt, own streams
+    with pytest.raises(ValueError, match="3 rows but 2 generators"):
+        sample_batch(model, tokenizer, [short] * 3, params, generator=gens(1, 2), stops=stops)
 
 
 def test_same_generator_seed_same_samples(tokenizer, stops):
@@ -218,7 +243,8 @@ def test_same_generator_seed_same_samples(tokenizer, stops):
     params = SamplingParams(max_new_tokens=6)
 
     def run(seed):
-        return [s.token_ids for s in sample_batch(model, tokenizer, prompts, params, generator=torch.Generator().manual_seed(seed), stops=stops)]
+        generator = torch.Generator().manual_seed(seed)
+        return [s.token_ids for s in sample_batch(model, tokenizer, prompts, params, generator=generator, stops=stops)]
 
     assert run(5) == run(5)
     assert run(5) != run(6)

@@ -16,7 +16,10 @@ from deltabelief.policy.loading import tiny_causal_lm
 from deltabelief.policy.policy import Policy
 from deltabelief.rollout import rollout, rollout_with_stats
 
-TARGETS = [Target(id="t0", task="twenty_questions", target="apple"), Target(id="t1", task="twenty_questions", target="bus")]
+TARGETS = [
+    Target(id="t0", task="twenty_questions", target="apple"),
+    Target(id="t1", task="twenty_questions", target="bus"),
+]
 
 
 class BiasedLM(torch.nn.Module):
@@ -157,6 +160,15 @@ def test_keeping_kv_caches_between_turns_changes_nothing(policy):
             assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
 
 
+def test_batch_size_does_not_change_trajectories(policy):
+    def run(batch_size):
+        game = TwentyQuestions(max_turns=3)
+        trajectories = rollout(policy, game, ParityJudge(), TARGETS, 2, seed=3, batch_size=batch_size, progress=False)
+        return [t.input_ids for t in trajectories]
+
+    assert run(1) == run(4)  # every game has its own random stream
+
+
 def test_finished_games_stop_consuming_turns(policy):
     calls: list[int] = []
     sample = policy.sample
@@ -194,7 +206,8 @@ def test_max_turns_overrides_the_game(policy):
 
 def test_same_seed_same_trajectories_different_seed_differs(policy):
     def run(seed):
-        trajectories = rollout(policy, TwentyQuestions(max_turns=2), ParityJudge(), TARGETS, 2, seed=seed, progress=False)
+        game = TwentyQuestions(max_turns=2)
+        trajectories = rollout(policy, game, ParityJudge(), TARGETS, 2, seed=seed, progress=False)
         return [(t.input_ids, [turn.logprobs for turn in t.turns]) for t in trajectories]
 
     first = run(7)

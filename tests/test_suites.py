@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deltabelief.config import EvalConfig, PolicyConfig
+from deltabelief.config import EvalConfig, JudgeConfig, PolicyConfig
 from deltabelief.data.contracts import validate_dataset
 from deltabelief.evaluation import RESULT_COLUMNS, evaluate
-from deltabelief.evaluation.suites import load_examples, parse_sources
+from deltabelief.evaluation.suites import get_suite, load_examples, parse_sources, suite_judge_config
 from deltabelief.games.base import play_moves
 from deltabelief.games.murder_mystery import MurderMystery
 from deltabelief.judges.base import JudgeReply
@@ -179,6 +179,14 @@ def test_parse_sources_and_bad_configs(tmp_path):
         evaluate(EvalConfig(suites=["chess"]), None, tmp_path)
     with pytest.raises(ValueError, match="budgets"):
         evaluate(EvalConfig(budgets=[0, 10]), None, tmp_path)
+
+
+def test_kb_judge_falls_back_to_local_outside_twenty_questions():
+    kb = JudgeConfig(backend="kb", model="smollm2")
+    assert suite_judge_config(get_suite("twenty_questions"), kb) is kb
+    assert suite_judge_config(get_suite("guess_my_city"), kb) == JudgeConfig(backend="local", model="smollm2")
+    openai = JudgeConfig(backend="openai")
+    assert suite_judge_config(get_suite("murder_mystery"), openai) is openai
 
 
 def test_real_rollout_with_the_tiny_policy(tmp_path):

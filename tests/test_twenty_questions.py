@@ -101,6 +101,12 @@ def test_a_repeat_does_not_call_the_judge():
     assert judge.requests[0].history == ()
 
 
+def test_correcting_an_invalid_move_is_not_a_repeat(kb_judge):
+    game, state = new_game("dog")
+    results = play(game, kb_judge, state, "Is it an animal", "Is it an animal?")
+    assert [status for status, _ in results] == ["invalid", "yes"]  # the first was never answered
+
+
 # ---------------------------------------------------------------- rule 3: the secret named
 
 
@@ -138,6 +144,13 @@ def test_judge_finished_without_the_secret_named_becomes_yes():
     game, state = new_game("cat")
     assert play(game, judge, state, "Is it a feline?") == [("yes", "Yes.")]
     assert not state.done and not state.solved
+
+
+def test_kb_judge_guess_of_a_synonym_solves(kb_judge):
+    assert kb_judge.kb.parse("Is it an automobile?").name == "car"
+    game, state = new_game("car")
+    assert play(game, kb_judge, state, "Is it an automobile?")[0][0] == "finished"
+    assert state.solved and state.done
 
 
 def test_unparseable_judge_reply_is_invalid():

@@ -198,7 +198,9 @@ class KnowledgeBase:
 
     def guess_question(self, noun: str) -> str:
         """'Is it a dog?', 'Is it an apple?', 'Is it milk?' (mass nouns have no article)."""
-        noun = self._require_noun(noun)
+        return self._guess_text(self._require_noun(noun))
+
+    def _guess_text(self, noun: str) -> str:
         article = self._articles.get(noun, "an" if noun[0] in "aeiou" else "a")
         return f"Is it {article} {noun}?" if article else f"Is it {noun}?"
 
@@ -240,9 +242,10 @@ class KnowledgeBase:
             return _unanswerable("it is a negative question; ask the positive form instead")
         mentioned = self._mentioned_names(toks, covered)
         if mentioned:
-            example = self.guess_question(self._names[mentioned[0]]) if self._names[mentioned[0]] in self._paths else ""
-            hint = f" (to guess it, ask exactly '{example}')" if example else ""
-            return _unanswerable(f"it mentions {_quote(mentioned)} inside a longer question{hint}")
+            example = self._guess_text(self._names[mentioned[0]])
+            return _unanswerable(
+                f"it mentions {_quote(mentioned)} inside a longer question (to guess it, ask exactly '{example}')"
+            )
         joined = sorted(outside & CONNECTIVES)
         if joined:
             return _unanswerable(f"it joins several questions with {_quote(joined)}")

@@ -15,7 +15,6 @@ lists every name). Logging is the caller's job.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from deltabelief.config import BeliefConfig, DataConfig, EvalConfig, GameConfig
+from deltabelief.data.contracts import validate_dataset
 from deltabelief.evaluation import plots as plotting
 from deltabelief.evaluation.metrics import belief_curves, mean_at_k, pass_at_k, per_target_table, summarize
 from deltabelief.evaluation.report import write_report
@@ -159,15 +159,6 @@ def _belief_metrics(beliefs: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
-def _validate_contract(path: Path) -> None:
-    if importlib.util.find_spec("deltabelief.data.contracts") is None:
-        log.warning("deltabelief.data.contracts is not available: %s was not validated", path)
-        return
-    from deltabelief.data.contracts import validate_dataset
-
-    validate_dataset("eval", path)
-
-
 def _run_suites(config, policy, *, data, game, targets, judges, play_fn, answer_fn, belief_fn, progress):
     sources = parse_sources(config.sources)
     rows, belief_rows, notes, seconds = [], [], {}, {}
@@ -251,7 +242,7 @@ def evaluate(
     results = results_frame(rows)
     results_path = out_dir / "results.parquet"
     results.to_parquet(results_path, index=False)
-    _validate_contract(results_path)
+    validate_dataset("eval", results_path)  # raises ContractError naming the broken rules and rows
     rated = {name for name in config.suites if get_suite(name).rated}
     summary = summarize(results, rated)
     summary_path = out_dir / "summary.parquet"

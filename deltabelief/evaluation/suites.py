@@ -27,10 +27,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from deltabelief.config import DataConfig, EvalConfig, GameConfig, JudgeConfig
-from deltabelief.evaluation.metrics import belief_curves
+from deltabelief.config import Config, DataConfig, EvalConfig, GameConfig, JudgeConfig
 from deltabelief.evaluation.scaling import game_row, play_budgets, scaling_rows
-from deltabelief.games import customer_service, guess_my_city, murder_mystery, personalization  # noqa: F401
+from deltabelief.games import customer_service, guess_my_city, murder_mystery, personalization  # noqa: F401  (register)
 from deltabelief.games.base import Game, Target, get_game
 from deltabelief.games.personalization import AnswerFn, load_star_gate, rate_final_answers
 from deltabelief.judges.base import Judge
@@ -254,3 +253,14 @@ def run_rated_suite(
 def make_game(spec: SuiteSpec, config: EvalConfig) -> Game:
     turns = config.personalization_turns if spec.rated else max(config.budgets)
     return get_game(spec.game, max_turns=turns)
+
+
+def evaluate_model(config: Config, out_dir: str | Path, progress: bool = True):
+    """Load ``config.policy`` and run :func:`deltabelief.evaluation.evaluate` with the run's data,
+    game and belief settings (what ``deltabelief eval`` does)."""
+    from deltabelief.evaluation import evaluate
+    from deltabelief.policy.policy import Policy
+
+    policy = Policy.from_config(config.policy, seed=config.eval.seed)
+    return evaluate(config.eval, policy, out_dir, data=config.data, game=config.game, belief=config.belief,
+                    progress=progress)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 from deltabelief.games.base import GameState, Message, Target, register_game
-from deltabelief.games.role_play import ANSWERED, GOAL_REACHED, RolePlayGame, fold, require_field
+from deltabelief.games.role_play import RolePlayGame, fold, require_field
 
 NAME = "murder_mystery"
 

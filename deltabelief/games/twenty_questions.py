@@ -7,7 +7,10 @@ Rules, in order (DESIGN.md, judge semantics):
 2. a move equal to an earlier one (case, spacing and punctuation ignored) is ``repeated``;
 3. a move that names the secret as a whole word is ``finished`` (solved);
 4. otherwise the judge labels it; a judge ``finished`` without the secret named
-   becomes ``yes``; an unparseable judge answer is ``invalid``.
+   becomes ``yes`` (except an exact judge that recognised a guess of the secret under
+   another name, e.g. the KB judge on a synonym); an unparseable judge answer is ``invalid``.
+
+Invalid moves were never answered, so asking the corrected question next is not a repeat.
 
 Invalid, repeated and unanswerable moves get fixed instructive messages and use a turn.
 """
@@ -100,7 +103,7 @@ class TwentyQuestions:
             self.min_question_chars <= len(text) <= self.max_question_chars
         ):
             return StepResult(INVALID_MESSAGE, "invalid", False)
-        asked = {normalize_move(t.move) for t in state.turns}
+        asked = {normalize_move(t.move) for t in state.turns if t.status != "invalid"}
         if normalize_move(text) in asked:
             return StepResult(REPEATED_MESSAGE, "repeated", False)
         if names_target(text, state.target.target):
@@ -120,6 +123,8 @@ class TwentyQuestions:
     def resolve(self, state: GameState, move: str, reply: JudgeReply) -> StepResult:
         label = reply.label if reply.parsed else "invalid"
         if label == "finished":
+            if reply.details.get("kind") == "guess":  # an exact judge matched a synonym of the secret
+                return StepResult(SOLVED_MESSAGE.format(target=state.target.target), "finished", True)
             # The secret was not named (precheck would have caught it): the judge meant yes.
             label = "yes"
         if label == "yes":

@@ -11,7 +11,7 @@ from deltabelief.config import PolicyConfig
 from deltabelief.policy.chat import end_of_turn_ids
 from deltabelief.policy.loading import load_causal_lm
 from deltabelief.policy.lora import apply_lora, merged_copy
-from deltabelief.policy.sampling import PrefixCache, Sample, SamplingParams, StopTokens, sample_batch
+from deltabelief.policy.sampling import Generators, PrefixCache, Sample, SamplingParams, StopTokens, sample_batch
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,13 @@ class Policy:
         return self._stops
 
     def sample(
-        self, prompt_id_lists: list[list[int]], *, generator: torch.Generator, eval_mode: bool = False,
+        self, prompt_id_lists: list[list[int]], *, generator: Generators, eval_mode: bool = False,
         batch_size: int | None = None, prefixes: list[PrefixCache | None] | None = None, keep_cache: bool = False,
     ) -> list[Sample]:
         """One move per prompt, in forward batches of ``batch_size`` (default ``config.batch_size``).
 
-        Chunks are taken in order, so the same generator state gives the same samples.
+        Chunks are taken in order, so the same generator state gives the same samples. With one
+        generator per prompt (a list), a prompt's samples do not depend on the batch size either.
         ``prefixes``/``keep_cache``: resume rows from, and return, KV prefix caches (see sampling.py).
         """
         size = batch_size or self.config.batch_size
@@ -72,13 +73,16 @@ class Policy:
             raise ValueError(f"batch_size must be at least 1, got {size}")
         if prefixes is not None and len(prefixes) != len(prompt_id_lists):
             raise ValueError(f"{len(prompt_id_lists)} prompts but {len(prefixes)} prefix caches")
+        if isinstance(generator, list) and len(generator) != len(prompt_id_lists):
+            raise ValueError(f"{len(prompt_id_lists)} prompts but {len(generator)} generators")
         params, stops = self.sampling_params(eval_mode), self.stop_tokens()
         samples: list[Sample] = []
         for start in range(0, len(prompt_id_lists), size):
             samples.extend(
                 sample_batch(
                     self.model, self.tokenizer, prompt_id_lists[start : start + size], params,
-                    generator=generator, stops=stops, keep_cache=keep_cache,
+                    generator=generator if isinstance(generator, torch.Generator) else generator[start : start + size],
+                    stops=stops, keep_cache=keep_cache,
                     prefixes=None if prefixes is None else prefixes[start : start + size],
                 )
             )

@@ -125,28 +125,45 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def inverse_cdf(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+Generators = torch.Generator | list[torch.Generator]
+"""One generator for the whole batch, or one per row (then a row's draws do not depend
+on which other rows share its batch)."""
+
+
+def uniforms(generators: Generators, rows: int) -> torch.Tensor:
+    """One U[0, 1) float64 draw per row -> [rows, 1]."""
+    if isinstance(generators, torch.Generator):
+        return torch.rand((rows, 1), dtype=torch.float64, generator=generators, device=generators.device)
+    if len(generators) != rows:
+        raise ValueError(f"{rows} rows but {len(generators)} generators")
+    return torch.cat([torch.rand((1, 1), dtype=torch.float64, generator=g, device=g.device) for g in generators])
+
+
+def inverse_cdf(probs: torch.Tensor, generators: Generators) -> torch.Tensor:
     """One draw per row from probs [B, V] -> ids [B], with one uniform per row.
 
     The first index whose cumulative probability exceeds u * total; the uniform is
     kept strictly below the total, so a zero-probability token can never be drawn
     (its cumulative sum does not rise). 20-30x faster than ``torch.multinomial`` on CPU.
+    Float rounding that differs between batch layouts (padding, cached prefixes) moves
+    the bin edges by ~1e-7, which flips a draw now and then (on SmolLM2, about one
+    draw in a few hundred lands that close to an edge, always between rare tokens).
     """
     cdf = probs.double().cumsum(-1)  # [B, V]
     total = cdf[:, -1:]  # [B, 1]
-    u = torch.rand(total.shape, dtype=torch.float64, generator=generator, device=generator.device)
+    u = uniforms(generators, probs.shape[0])  # [B, 1]
     point = torch.minimum(u.to(cdf.device) * total, torch.nextafter(total, torch.zeros_like(total)))  # [B, 1]
     return torch.searchsorted(cdf, point, right=True).squeeze(-1)  # [B]
 
 
-def draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw(logits: torch.Tensor, params: SamplingParams, generators: Generators) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row. logits: [B, V] float -> (tokens [B], logprobs [B])."""
     if params.temperature == 0:
         logprobs = torch.log_softmax(logits, dim=-1)  # [B, V]
         tokens = logits.argmax(dim=-1)
     else:
         logprobs = torch.log_softmax(filter_logits(logits / params.temperature, params.top_k, params.top_p), dim=-1)
-        tokens = inverse_cdf(logprobs.exp(), generator)  # [B]
+        tokens = inverse_cdf(logprobs.exp(), generators)  # [B]
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -241,14 +258,17 @@ def _stop_reason(token: int, count: int, stops: StopTokens, params: SamplingPara
 
 def sample_batch(
     model, tokenizer, prompts: list[list[int]], params: SamplingParams, *,
-    generator: torch.Generator, stops: StopTokens | None = None,
+    generator: Generators, stops: StopTokens | None = None,
     prefixes: list[PrefixCache | None] | None = None, keep_cache: bool = False,
 ) -> list[Sample]:
     """Sample one move for each prompt in one forward batch (rules: module docstring).
 
     ``prefixes[i]``, when given, holds the KV of ``prompts[i][:length]`` from an earlier call;
     ``keep_cache`` returns each row's KV (prompt and fed move tokens) in ``Sample.cache``.
+    ``generator``: one for all rows or a list with one per prompt.
     """
+    if not isinstance(generator, torch.Generator) and len(generator) != len(prompts):
+        raise ValueError(f"{len(prompts)} rows but {len(generator)} generators")
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, mask, positions, cache = _batch_inputs(prompts, prefixes or [None] * len(prompts), pad_id, device)
@@ -261,7 +281,8 @@ def sample_batch(
         rows = list(range(len(prompts)))  # batch row -> prompt index, for rows still running
         out = [Sample([], [], "", STOP_LENGTH) for _ in prompts]
         while rows:
-            tokens, token_logps = draw(logits, params, generator)  # [B], [B]
+            row_generators = generator if isinstance(generator, torch.Generator) else [generator[i] for i in rows]
+            tokens, token_logps = draw(logits, params, row_generators)  # [B], [B]
             keep = []
             for b, (i, token, logp) in enumerate(zip(rows, tokens.tolist(), token_logps.tolist())):
                 reason = _stop_reason(token, len(out[i].token_ids) + 1, stops, params)
