@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 
 from deltabelief.belief import (
     UnlocatableTargetError,
+    _collate,
+    _pack,
     build_elicitation,
     delta_beliefs,
     packed_attention_mask,
@@ -82,6 +85,20 @@ def test_packed_is_independent_of_batching_and_attention(tiny):
     eager, _ = tiny_causal_lm(seed=0)
     eager.set_attn_implementation("eager")
     assert torch.allclose(score_beliefs(eager, tokenizer, trajs).log_beliefs, one.log_beliefs, atol=1e-4)
+
+
+def test_batched_rows_align_their_suffix_blocks(tiny):
+    _, tokenizer = tiny
+    elicitation = build_elicitation(tokenizer, "Is it '{target}'?", "cat")
+    short, long = make_trajectory(tokenizer, 2), make_trajectory(tokenizer, 2)
+    long.input_ids = long.input_ids[: long.prompt_length] + [42] * 5 + long.input_ids[long.prompt_length:]
+    long.turns = [dataclasses.replace(t, end_of_turn=t.end_of_turn + 5) for t in long.turns]
+    packs = [_pack(short, elicitation), _pack(long, elicitation)]
+    batch = _collate(packs, pad_id=0)
+    # same N and K: the suffix blocks end at the last column, so both rows read the same columns
+    assert torch.equal(batch["reads"][0], batch["reads"][1])
+    assert batch["ids"][0, -len(elicitation.ids):].tolist() == elicitation.ids
+    assert (batch["ids"][0, packs[0].history : packs[0].history + 5] == 0).all()  # the padding sits in between
 
 
 def test_log_belief_is_sum_of_target_token_logprobs(tiny):

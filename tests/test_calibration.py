@@ -215,6 +215,7 @@ def test_beliefs_equal_to_the_exact_posterior_give_spearman_one_and_zero_ece(toy
     assert m["ece"] == pytest.approx(0.0, abs=1e-12)  # p_t = 1/|C_t ∩ candidates| = p*_t exactly
     assert m["num_posterior_pairs"] == 4 + 3 + 4 + 2
     assert m["auroc_final"] == pytest.approx(0.75)  # finals 0, 0 (solved) vs 0, −ln2 (unsolved)
+    assert m["auroc_before_last_move"] == 1.0  # log b_{N−1}: 0, 0 (solved) vs −ln2, −ln4 (unsolved)
     np.testing.assert_allclose(m["mean_log_belief_per_turn"], [-LN4, -LN2, 0, 0])
     assert m["num_games_per_turn"] == [4, 4, 3, 2] and m["share_rising"] == 1.0
     if num_candidates == 0:  # final turn: ranks 1, 1, 1 and ant tied with cow (1.5)
@@ -228,7 +229,7 @@ def test_a_constant_scorer_gives_auroc_one_half(toy_path, tiny):
     report = calibrate(_config(), toy_path, toy_path.parent / "out", scorer=StandIn(tiny[1], lambda g, n, t: -3.0),
                        kb=ToyKB())
     m = report.per_template[GUESS]
-    assert m["auroc_final"] == pytest.approx(0.5)
+    assert m["auroc_final"] == pytest.approx(0.5) and m["auroc_before_last_move"] == pytest.approx(0.5)
     assert math.isnan(m["spearman"]) and m["share_rising"] == 0.0
     assert m["mean_rank_final"] == pytest.approx(2.5)  # four tied candidates: the middle rank
     saved = json.loads((toy_path.parent / "out" / "calibration.json").read_text())

@@ -162,9 +162,9 @@ def test_run_verl_prepares_files_launches_our_task_runner_and_exports_the_last_c
     assert [m["role"] for m in train["prompt"][0]] == ["system", "user"]  # the game's opening messages
     assert OmegaConf.load(summary["verl_config"]).deltabelief.name == "tiny"
     assert cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path.endswith("agent_loops.yaml")
-    assert exported["actor"] == tmp_path / "run" / "checkpoints" / "global_step_6" / "actor"
+    assert exported["actor"] == tmp_path / "run" / "checkpoints" / "global_step_6" / "actor"  # the fake's last
     assert summary["model_dir"] == str(tmp_path / "run" / "final")
-    assert summary["rollouts_per_step"] == 4 * 8
+    assert summary["rollouts_per_step"] == config.train.targets_per_step * config.train.rollouts_per_target
 
 
 def test_run_verl_refuses_too_few_targets(tmp_path):

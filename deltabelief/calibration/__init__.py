@@ -83,6 +83,13 @@ def _posterior_metrics(games, true, probs, candidates, sets: dict, num_bins: int
             "num_posterior_pairs": len(log_b), "reliability": bins.to_dict()}
 
 
+def _auroc_before_last_move(games: Sequence[CalibrationGame], true: list[np.ndarray]) -> float:
+    """AUROC of log b_{N−1} for success: the belief before the final move and its answer (a win's
+    answer names the target, so log b_N of a solved game is high for any model that can copy)."""
+    pairs = [(t[-2], float(g.solved)) for g, t in zip(games, true) if len(t) >= 2]
+    return M.auroc(*zip(*pairs)) if pairs else float("nan")
+
+
 def template_metrics(scorer: BeliefScorer, games: Sequence[CalibrationGame], candidates: Sequence[Sequence[str]],
                      sets: dict[str, list[list[str]]], template: str, num_bins: int = 10) -> dict:
     """Every per-template figure of the report (docs/calibration.md) for the games given.
@@ -112,6 +119,7 @@ def template_metrics(scorer: BeliefScorer, games: Sequence[CalibrationGame], can
         "num_games_per_turn": [int(c) for c in counts],
         "share_rising": M.share_rising(true),
         "auroc_final": M.auroc(final, solved) if len(games) else float("nan"),
+        "auroc_before_last_move": _auroc_before_last_move(games, true),
         "mean_rank_final": float(final_rank.mean()) if len(games) else float("nan"),
         "mean_reciprocal_rank_final": float((1.0 / final_rank).mean()) if len(games) else float("nan"),
         "top1_final": float((final_rank == 1.0).mean()) if len(games) else float("nan"),

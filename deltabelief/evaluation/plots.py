@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 OUTCOME_COLORS = {"solved": "#1b9e77", "unsolved": "#d95f02"}
 DPI = 120
@@ -44,6 +45,7 @@ def plot_belief_curves(curves: pd.DataFrame, path: str | Path) -> Path:
                             color=color, alpha=0.15)
         ax.set_title(f"{suite}: belief in the target")
         ax.set_xlabel("turn t (0 = before any question)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mean log b_t (± 1 std)")
         ax.grid(alpha=0.3)
         ax.legend()

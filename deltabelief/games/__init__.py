@@ -13,3 +13,4 @@ from deltabelief.games.base import (  # noqa: F401
     register_game,
 )
 from deltabelief.games import twenty_questions  # noqa: F401,E402
+from deltabelief.games import customer_service, guess_my_city, murder_mystery, personalization  # noqa: F401,E402
