@@ -238,6 +238,8 @@ class RLTrainer:
         (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(c), indent=1))
         if resume:
             self._resume()
+        else:
+            self._truncate_metrics(0)  # a fresh run starts its own metrics file
 
     def _data_order(self) -> dict:
         c = self.config.train
