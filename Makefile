@@ -34,6 +34,7 @@ test: $(STAMP)  ## run the test suite (CPU, offline) and compile every workflow 
 	$(MAKE) --no-print-directory package
 
 package: $(STAMP)  ## compile every Flyte workflow and launch plan offline (no Docker)
+	mkdir -p .tmp
 	$(BIN)/pyflyte --pkgs workflows package --image deltabelief:local --output .tmp/flyte-package.tgz --force --copy auto
 
 bench: $(STAMP)  ## run the benchmarks and write bench-results/report.json
