@@ -16,7 +16,7 @@ from deltabelief.data.knowledge_base import load_kb
 from deltabelief.games.base import Target
 from deltabelief.training.rl import run_rl
 
-STAGES = ("rollout", "belief", "reward", "update")
+STAGES = ("rollout", "belief", "reward_adv", "old_logprobs", "update")  # the trainer's perf/seconds_* keys
 
 
 def run(preset: str = "cpu", num_steps: int = 2, num_targets: int = 16) -> dict:

@@ -190,3 +190,18 @@ def test_only_solved_rejects_unfinished_games(tmp_path, small_nouns):
 def test_build_targets_rejects_kb_for_other_tasks():
     with pytest.raises(ValueError, match="twenty_questions only"):
         build_targets(DataConfig(source="kb", task="guess_my_city"), GameConfig())
+
+
+def test_teacher_schedule_reaches_held_out_targets_with_fewer_games_than_train_targets():
+    """With 100 games over 224 KB nouns (179 train), the schedule must not fill train first:
+    calibration scores the val/test games, and a schedule that repeats the split shuffle has none."""
+    from deltabelief.data.synthesis import schedule_targets
+
+    table = build_targets(DataConfig(source="kb", seed=0), GameConfig())
+    split_of = {t.id: s for t, s in zip(table.targets, table.splits)}
+    scheduled = schedule_targets(table.targets, 100, seed=0)
+    held_out = [t for t in scheduled if split_of[t.id] != "train"]
+    assert len({t.id for t in scheduled}) == 100  # no repeats before every target is played once
+    assert {split_of[t.id] for t in held_out} == {"val", "test"}
+    assert 5 <= len(held_out) <= 40  # about 20 expected at 20% held out
+    assert schedule_targets(table.targets, 100, seed=0) == scheduled

@@ -114,7 +114,8 @@ class ReliabilityBins:
     def to_dict(self) -> dict:
         """JSON-ready lists; an empty bin's means are None."""
         return {"edges": self.edges.tolist(), "counts": self.counts.astype(int).tolist(),
-                "mean_predicted": _nan_to_none(self.mean_predicted), "mean_reference": _nan_to_none(self.mean_reference)}
+                "mean_predicted": _nan_to_none(self.mean_predicted),
+                "mean_reference": _nan_to_none(self.mean_reference)}
 
 
 def _nan_to_none(values: np.ndarray) -> list:

@@ -323,8 +323,10 @@ def score_candidates(model, trajectory: Trajectory, elicitations: Sequence, max_
                                        as_long["shared_end"], dtype)  # [1, 1, L, L]
             reads = [torch.tensor(r, dtype=torch.long) for r in pack["read"]]  # C_chunk x [N+1, K_c]
             keep = torch.unique(torch.cat([r.flatten() for r in reads]))  # [U] sorted positions to read
-            logits = model(input_ids=as_long["ids"][None].to(device), position_ids=as_long["positions"][None].to(device),
-                           attention_mask=mask.to(device), logits_to_keep=keep.to(device), use_cache=False).logits
+            logits = model(input_ids=as_long["ids"][None].to(device),  # [1, L]
+                           position_ids=as_long["positions"][None].to(device),  # [1, L]
+                           attention_mask=mask.to(device), logits_to_keep=keep.to(device),
+                           use_cache=False).logits  # [1, U, V]
             logprobs = torch.log_softmax(logits[0].float(), dim=-1).cpu()  # [U, V] temperature 1
             for c, read in zip(chunk, reads):
                 rows = torch.searchsorted(keep, read)  # [N+1, K_c] index into U

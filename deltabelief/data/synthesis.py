@@ -129,9 +129,14 @@ def trajectory_rows(games: list[TeacherGame], teacher: str, split_of: dict[str, 
 
 
 def schedule_targets(targets: list[Target], num_games: int, seed: int) -> list[Target]:
-    """``num_games`` targets: a seeded shuffle of all targets, cycled as often as needed."""
+    """``num_games`` targets: a seeded shuffle of all targets, cycled as often as needed.
+
+    The shuffle gets its own stream: with the bare ``seed`` it would repeat the split
+    assignment's shuffle, so the first games would all fall on train targets and a run with
+    fewer games than train targets would hold none out for calibration.
+    """
     order = list(targets)
-    random.Random(seed).shuffle(order)
+    random.Random(f"teacher-schedule/{seed}").shuffle(order)
     return [order[i % len(order)] for i in range(num_games)] if order else []
 
 

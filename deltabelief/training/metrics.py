@@ -125,7 +125,7 @@ def loss_metrics(stats: Sequence[PPOStats], grad_norms: Sequence[float], lr: flo
 
 
 def perf_metrics(seconds: dict[str, float], policy_tokens: int, trained_tokens: int) -> dict[str, float]:
-    """``seconds`` per stage (rollout, belief, reward, update, checkpoint, step) -> ``perf/``."""
+    """``seconds`` per stage (rollout, belief, reward_adv, old_logprobs, update, step) -> ``perf/``."""
     out = {f"perf/seconds_{stage}": value for stage, value in seconds.items()}
     step = seconds.get("step", 0.0)
     update = seconds.get("update", 0.0)

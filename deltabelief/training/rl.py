@@ -296,8 +296,8 @@ class RLTrainer:
             self.policy, self.game, self.judge, targets, c.train.rollouts_per_target,
             seed=derive_seed(c.train.seed, step, 2), progress=False)
         seconds["rollout"], tick = time.perf_counter() - tick, time.perf_counter()
-        turn_adv, score_metrics = self.score(trajectories)
-        seconds["belief_reward_adv"], tick = time.perf_counter() - tick, time.perf_counter()
+        turn_adv, score_metrics = self.score(trajectories, seconds)
+        tick = time.perf_counter()
         batch = self.make_batch(trajectories, turn_adv)
         old_gap = self.prepare_old_logprobs(batch)
         seconds["old_logprobs"], tick = time.perf_counter() - tick, time.perf_counter()
@@ -312,11 +312,16 @@ class RLTrainer:
             **M.perf_metrics(seconds, rollout_stats.policy_tokens, trained),
         }
 
-    def score(self, trajectories: list[Trajectory]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Beliefs -> ΔBelief -> rewards -> advantages. Returns ([B, T] turn advantages, metrics)."""
+    def score(self, trajectories: list[Trajectory],
+              seconds: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Beliefs -> ΔBelief -> rewards -> advantages. Returns ([B, T] turn advantages, metrics);
+        the time spent on belief scoring and on the rest goes to ``seconds`` (belief, reward_adv)."""
         c = self.config
+        seconds = {} if seconds is None else seconds
+        tick = time.perf_counter()
         scores = score_beliefs(self.policy.model, self.policy.tokenizer, trajectories, c.belief.template,
                                on_unlocatable=c.belief.on_unlocatable, batch_size=c.belief.batch_size)
+        seconds["belief"], tick = time.perf_counter() - tick, time.perf_counter()
         deltas = delta_beliefs(scores.log_beliefs, scores.mask)  # [B, T]
         mask = turn_mask_of(trajectories)  # [B, T]
         outcome_on = "every_turn" if self.estimator.level == "turn" else "last_turn"
@@ -331,6 +336,7 @@ class RLTrainer:
             **M.belief_metrics(scores.log_beliefs, scores.mask, deltas.delta, deltas.turn_mask,
                                deltas.num_nonfinite, len(scores.excluded)),
         }
+        seconds["reward_adv"] = time.perf_counter() - tick
         return turn_adv, metrics
 
     def step_states(self, trajectories: list[Trajectory]) -> list[list]:
