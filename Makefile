@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench package clean help
+.PHONY: setup demo test bench curves package clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,9 @@ package: $(STAMP)  ## compile every Flyte workflow and launch plan offline (no D
 
 bench: $(STAMP)  ## run the benchmarks and write bench-results/report.json
 	$(BIN)/python -m benchmarks.run --out bench-results/report.json
+
+curves: $(STAMP)  ## learning curves of ΔBelief-RL vs StarPO on the cpu preset, 3 seeds (runs/curves)
+	$(BIN)/python experiments/compare_estimators.py --out runs/curves
 
 clean:  ## remove the virtualenv and local run outputs
 	rm -rf $(VENV) .tmp outputs mlruns mlflow.db bench-results

@@ -177,6 +177,15 @@ def train_stage(
     return _run_stage(ctx, "train", body)
 
 
+def train_stage_with_threads(num_threads: int, *args) -> Path:
+    """``train_stage`` with torch on ``num_threads`` threads, for a Ray task: a Ray worker starts
+    with OMP_NUM_THREADS=1 and may be reused, so its torch would otherwise train on one thread."""
+    import torch
+
+    torch.set_num_threads(num_threads)
+    return train_stage(*args)
+
+
 def evaluate_stage(config: Config, model_dir: Path, out_dir: Path, ctx: RunContext, stage: str = "evaluate") -> EvalSummary:
     from deltabelief.evaluation import evaluate
     from deltabelief.policy.policy import Policy

@@ -20,7 +20,7 @@ from flytekit.types.file import FlyteFile
 from flytekitplugins.ray import HeadNodeConfig, RayJobConfig, WorkerNodeConfig
 
 from deltabelief.config import ClusterConfig, Config, load_config
-from deltabelief.pipeline import RunContext, train_stage
+from deltabelief.pipeline import RunContext, train_stage, train_stage_with_threads
 from images import cpu_image, gpu_image
 from tasks.calibrate import Calibration
 from tasks.common import scratch
@@ -63,13 +63,21 @@ def shared_workdir(name: str) -> Path:
     return path
 
 
+def largest_node_cpus() -> int:
+    """CPUs of the largest live Ray node (the CPU trainer takes a whole node)."""
+    import ray
+
+    return max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
+
+
 def _train_on_ray(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration: Calibration,
                   run: RunContext, num_gpus: int) -> FlyteDirectory:
     import ray
 
-    remote = ray.remote(num_cpus=1, num_gpus=num_gpus)(train_stage)
+    num_cpus = 1 if num_gpus else largest_node_cpus()  # a GPU task must fit beside the GPU, on any node
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(train_stage_with_threads)
     model_dir = ray.get(
-        remote.remote(config, model.download(), targets.download(), calibration.template,
+        remote.remote(num_cpus, config, model.download(), targets.download(), calibration.template,
                       calibration.excluded_targets, scratch("rl"), run)
     )
     return FlyteDirectory(str(model_dir))
