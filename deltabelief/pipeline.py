@@ -63,12 +63,16 @@ def suite_signature(config: Config) -> str:
 
 
 def _run_stage(ctx: RunContext, name: str, body):
-    """Run ``body(tracker)`` inside a nested stage run, closed FAILED when the body raises."""
+    """Run ``body(tracker)`` inside a nested stage run. When the body raises, the stage run and
+    the pipeline's parent run are closed FAILED (a failed stage ends the Flyte execution, and
+    nothing else would close the parent) and the parent is tagged with the stage's name."""
     tracker = ctx.stage(name)
     try:
         result = body(tracker)
     except BaseException:
         tracker.close("FAILED")
+        ctx.parent().set_tags({"deltabelief.failed_stage": name})
+        finish_pipeline(ctx, "FAILED")
         raise
     tracker.close()
     return result
@@ -88,26 +92,41 @@ def finish_pipeline(ctx: RunContext, status: str = "FINISHED") -> None:
     ctx.parent().close(status)
 
 
-def synthesize_stage(config: Config, out_dir: Path, ctx: RunContext) -> tuple[Path, Path | None]:
-    from deltabelief.data.synthesis import synthesize
+def synthesize_data(config: Config, out_dir: Path):
+    """Targets and teacher trajectories in ``out_dir`` (a :class:`SynthesisResult`), untracked:
+    deterministic in the config, so the Flyte task that runs it can be cached."""
+    from deltabelief.data import synthesis
+
+    return synthesis.synthesize(config.data, config.game, out_dir)
+
+
+def record_synthesis(targets: Path, trajectories: Path | None, report: Path, ctx: RunContext) -> None:
+    """The ``synthesize`` stage run: the synthesis report, the datasets and their version
+    (also tagged on the parent run). Kept apart from :func:`synthesize_data` so an execution
+    that takes the data from Flyte's cache still records where its data came from."""
 
     def body(tracker: Tracker):
-        result = synthesize(config.data, config.game, out_dir)
-        version = file_digest(result.targets_path)
-        tracker.log_dict(result.report, "synthesis_report.json")
-        tracker.log_artifact(result.targets_path, "data")
-        if result.trajectories_path:
-            tracker.log_artifact(result.trajectories_path, "data")
-        tags = {"deltabelief.data_version": version, "deltabelief.data_uri": str(result.targets_path)}
+        tags = {"deltabelief.data_version": file_digest(targets), "deltabelief.data_uri": str(targets)}
+        tracker.log_artifact(report, "data")
+        tracker.log_artifact(targets, "data")
+        if trajectories:
+            tracker.log_artifact(trajectories, "data")
         tracker.set_tags(tags)
         ctx.parent().set_tags(tags)
-        return result.targets_path, result.trajectories_path
 
-    return _run_stage(ctx, "synthesize", body)
+    _run_stage(ctx, "synthesize", body)
+
+
+def synthesize_stage(config: Config, out_dir: Path, ctx: RunContext) -> tuple[Path, Path | None]:
+    """Synthesize and record in one go (the in-process pipeline)."""
+    result = synthesize_data(config, out_dir)
+    record_synthesis(result.targets_path, result.trajectories_path, result.report_path, ctx)
+    return result.targets_path, result.trajectories_path
 
 
 def validate_stage(kind: str, path: Path, ctx: RunContext) -> Path:
-    """Check a dataset against its contract; on failure the pipeline's parent run is marked FAILED."""
+    """Check a dataset against its contract; on failure the contract's report is logged and,
+    as for any stage, the pipeline's parent run is marked FAILED."""
     from deltabelief.data.contracts import ContractError, report_path_for, validate_dataset
 
     def body(tracker: Tracker):
@@ -115,8 +134,6 @@ def validate_stage(kind: str, path: Path, ctx: RunContext) -> Path:
             validate_dataset(kind, path)
         except ContractError as err:
             tracker.log_dict(err.report, f"contract_{kind}.json")
-            ctx.parent().set_tags({"deltabelief.failed_stage": f"validate-{kind}"})
-            finish_pipeline(ctx, "FAILED")
             raise
         report = report_path_for(path)
         tracker.log_artifact(report, "contracts")
@@ -142,10 +159,9 @@ def calibrate_stage(config: Config, model_dir: Path, trajectories: Path, out_dir
     def body(tracker: Tracker):
         report = calibrate(override(config, {"policy.model": str(model_dir)}), trajectories, out_dir)
         tracker.log_artifact(out_dir, "calibration")
-        # Templates are free text, not valid metric names: number them and tag the text.
-        for i, (template, metrics) in enumerate(report.per_template.items()):
-            tracker.log({f"calibration/template_{i}/{k}": v for k, v in _flat_numbers(metrics).items()})
-            tracker.set_tags({f"calibration.template_{i}": template})
+        # Templates are free text, not valid metric names: metrics number them, tags hold the text.
+        tracker.log(report.metrics())
+        tracker.set_tags({f"calibration.template_{i}": template for i, template in enumerate(report.templates)})
         tracker.set_tags({"calibration.chosen_template": report.chosen_template})
         return report.chosen_template, sorted(excluded_target_ids(report))
 
@@ -263,17 +279,6 @@ def _download_model(uri: str, source: str, dest: Path) -> Path:
     components["model"].save_pretrained(dest)
     components["tokenizer"].save_pretrained(dest)
     return dest
-
-
-def _flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat_numbers(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
 
 
 # ---------------------------------------------------------------- without Flyte

@@ -11,6 +11,18 @@ from deltabelief.config import TrackingConfig
 from deltabelief.tracking import CHALLENGER, CHAMPION, _client, resolve_tracking_uri
 
 
+# What a stage's line shows, when the run has it (the last value of a per-step metric).
+HEADLINE = (
+    "loss/sft", "calibration/chosen/spearman", "calibration/chosen/ece", "rollout/success_rate", "reward/rollout_sum_mean",
+    "belief/delta_mean", "twenty_questions/success_mean", "twenty_questions/belief_gain_mean",
+)
+
+
+def headline(metrics: dict[str, float]) -> str:
+    shown = [k for k in HEADLINE if k in metrics] or sorted(metrics)[:3]
+    return ", ".join(f"{k}={metrics[k]:.3g}" for k in shown)
+
+
 def describe(config: TrackingConfig | None = None) -> str:
     config = config or TrackingConfig()
     uri = resolve_tracking_uri(config)
@@ -29,15 +41,16 @@ def describe(config: TrackingConfig | None = None) -> str:
             (r for r in runs if r.data.tags.get("mlflow.parentRunId") == newest.info.run_id),
             key=lambda r: r.info.start_time,
         ):
-            metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(child.data.metrics.items())[:4])
-            lines.append(f"    {child.info.run_name:24s} {child.info.status:9s} {metrics}")
+            lines.append(f"    {child.info.run_name:24s} {child.info.status:9s} {headline(child.data.metrics)}")
     lines.append(f"registered model {config.registered_model_name!r}:")
     try:
         versions = client.search_model_versions(f"name='{config.registered_model_name}'")
     except Exception as err:  # a store without a registry yet
         return "\n".join(lines + [f"  (registry not readable: {err})"])
+    # Aliases live on the registered model: search_model_versions leaves version.aliases empty.
+    alias_of = client.get_registered_model(config.registered_model_name).aliases if versions else {}
     for version in sorted(versions, key=lambda v: int(v.version)):
-        aliases = ",".join(a for a in (CHAMPION, CHALLENGER) if a in (version.aliases or []))
+        aliases = ",".join(a for a in (CHAMPION, CHALLENGER) if str(alias_of.get(a)) == str(version.version))
         reason = version.tags.get("promotion.reason", "")
         lines.append(f"  v{version.version:<3} {aliases or '-':20s} {reason}")
     if not versions:

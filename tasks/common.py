@@ -8,7 +8,7 @@ import flytekit
 from flytekit import Cache
 
 # Bump when the logic of a cached stage changes, so old results are not reused.
-CACHE = Cache(version="1", ignored_inputs=("run",))
+CACHE = Cache(version="2")  # 2: teacher schedule seeded apart from the splits; Datasets.report
 
 
 def scratch(name: str) -> Path:

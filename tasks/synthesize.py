@@ -1,4 +1,4 @@
-"""Stage 1: targets and teacher trajectories."""
+"""Stage 1: targets and teacher trajectories (cached; the validate task records them in MLflow)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flytekit import task
 from flytekit.types.file import FlyteFile
 
 from deltabelief.config import Config
-from deltabelief.pipeline import RunContext, synthesize_stage
+from deltabelief.pipeline import synthesize_data
 from images import cpu_image
 from tasks.common import CACHE, scratch
 from tasks.resources import LIGHT
@@ -18,14 +18,17 @@ from tasks.resources import LIGHT
 class Datasets:
     targets: FlyteFile
     trajectories: FlyteFile
+    report: FlyteFile
+    """synthesis.json: counts, splits, duplicates and the teacher's figures."""
 
 
 @task(container_image=cpu_image, requests=LIGHT, limits=LIGHT, cache=CACHE)
-def synthesize(config: Config, run: RunContext) -> Datasets:
-    targets, trajectories = synthesize_stage(config, scratch("data"), run)
-    if trajectories is None:
+def synthesize(config: Config) -> Datasets:
+    result = synthesize_data(config, scratch("data"))
+    if result.trajectories_path is None:
         raise ValueError(
             f"preset {config.name!r} plays no teacher games (data.teacher={config.data.teacher!r}, "
             f"data.source={config.data.source!r}); the warm start needs trajectories"
         )
-    return Datasets(targets=FlyteFile(str(targets)), trajectories=FlyteFile(str(trajectories)))
+    return Datasets(targets=FlyteFile(str(result.targets_path)), trajectories=FlyteFile(str(result.trajectories_path)),
+                    report=FlyteFile(str(result.report_path)))

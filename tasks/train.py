@@ -9,7 +9,6 @@ default qwen3-1.7b) and runs verl when the config says ``train.backend: verl``.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import flytekit

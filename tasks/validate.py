@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flytekit import task
 from flytekit.types.file import FlyteFile
 
-from deltabelief.pipeline import RunContext, validate_stage
+from deltabelief.pipeline import RunContext, record_synthesis, validate_stage
 from images import cpu_image
-from tasks.common import CACHE
 from tasks.resources import LIGHT
 from tasks.synthesize import Datasets
 
 
-@task(container_image=cpu_image, requests=LIGHT, limits=LIGHT, cache=CACHE)
+# Not cached: it runs in seconds, and every execution must record its data lineage in MLflow,
+# including one whose datasets came from the synthesize task's cache.
+@task(container_image=cpu_image, requests=LIGHT, limits=LIGHT)
 def validate(datasets: Datasets, run: RunContext) -> Datasets:
-    """Check targets and trajectories against their contracts; pass them on unchanged."""
-    validate_stage("targets", datasets.targets.download(), run)
-    validate_stage("trajectories", datasets.trajectories.download(), run)
+    """Record the datasets (MLflow stage 'synthesize'), then check targets and trajectories
+    against their contracts; pass them on unchanged."""
+    targets, trajectories = datasets.targets.download(), datasets.trajectories.download()
+    record_synthesis(Path(targets), Path(trajectories), Path(datasets.report.download()), run)
+    validate_stage("targets", Path(targets), run)
+    validate_stage("trajectories", Path(trajectories), run)
     return datasets
 
 

@@ -96,3 +96,49 @@ def test_broken_dataset_stops_before_warm_start(ray_session, mlflow_uri, monkeyp
     assert "warm_start" not in stages
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.info.status == "FAILED" and parent.data.tags["deltabelief.failed_stage"] == "validate-targets"
+
+
+def test_validate_records_the_data_lineage_even_when_synthesis_came_from_the_cache(tmp_path, mlflow_uri):
+    """On a Flyte cache hit the synthesize task does not run; the validate task still records the
+    'synthesize' stage run and tags the execution with the data version."""
+    from flytekit.types.file import FlyteFile
+
+    from deltabelief.pipeline import file_digest, finish_pipeline, start_pipeline, synthesize_data
+    from tasks.synthesize import Datasets
+    from tasks.validate import validate
+
+    config = load_config("tiny")
+    result = synthesize_data(config, tmp_path / "data")  # as the cached task left it
+    ctx = start_pipeline(config)
+    validate(datasets=Datasets(FlyteFile(str(result.targets_path)), FlyteFile(str(result.trajectories_path)),
+                               FlyteFile(str(result.report_path))), run=ctx)
+    finish_pipeline(ctx)
+    client = _client(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("deltabelief").experiment_id])
+    by_stage = {r.data.tags.get("deltabelief.stage"): r for r in runs}
+    assert {"synthesize", "validate-targets", "validate-trajectories"} <= set(by_stage)
+    version = file_digest(result.targets_path)
+    assert by_stage["synthesize"].data.tags["deltabelief.data_version"] == version
+    assert client.get_run(ctx.parent_run_id).data.tags["deltabelief.data_version"] == version
+    logged = {a.path for a in client.list_artifacts(by_stage["synthesize"].info.run_id, "data")}
+    assert logged == {"data/synthesis.json", "data/targets.parquet", "data/trajectories.parquet"}
+
+
+def test_a_failing_stage_closes_the_pipeline_run_as_failed(mlflow_uri):
+    """Any stage that raises ends the execution: its run and the parent are FAILED, the parent
+    names the stage, and the error reaches the caller unchanged."""
+    from deltabelief.pipeline import _run_stage, start_pipeline
+
+    ctx = start_pipeline(load_config("tiny"))
+
+    def body(tracker):
+        raise RuntimeError("out of memory in the update")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _run_stage(ctx, "train", body)
+    client = _client(mlflow_uri)
+    parent = client.get_run(ctx.parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["deltabelief.failed_stage"] == "train"
+    (stage,) = [r for r in client.search_runs([parent.info.experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == ctx.parent_run_id]
+    assert stage.info.status == "FAILED"

@@ -305,3 +305,14 @@ def test_policy_sampling_settings_and_save_roundtrip(tmp_path):
     assert tokenizer.eos_token == "<|im_end|>"
     assert "lora_" not in "".join(n for n, _ in loaded.named_parameters())
     assert any("lora_" in n for n, _ in policy.model.named_parameters())  # the live policy keeps its adapters
+
+
+def test_a_stage_output_directory_loads_its_model_subdirectory(tmp_path):
+    """`deltabelief sft --out runs/sft` saves to runs/sft/model; `--model runs/sft` must find it."""
+    from deltabelief.policy.loading import load_causal_lm
+
+    policy = Policy.from_config(PolicyConfig(model="tiny"), seed=3)
+    policy.save(tmp_path / "sft" / "model")
+    model, _ = load_causal_lm(str(tmp_path / "sft"))
+    for (name, a), b in zip(policy.model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name

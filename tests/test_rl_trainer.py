@@ -12,7 +12,7 @@ from deltabelief.policy.loading import tiny_causal_lm
 from deltabelief.training.logprobs import right_pad, token_logprobs
 from deltabelief.training.ppo_loss import ppo_clip_loss
 from deltabelief.training.rl import (
-    Batch, RLTrainer, run_rl, sampling_logprobs, targets_for_step, token_advantages,
+    RLTrainer, run_rl, sampling_logprobs, targets_for_step, token_advantages,
 )
 from deltabelief.trajectory import PolicyTurn, Trajectory
 

@@ -38,7 +38,7 @@ def delta_belief_pipeline(
     """
     cfg = resolve_config(config=config, estimator=estimator, num_steps=num_steps, overrides=overrides)
     run = start_run(config=cfg)
-    datasets = validate(datasets=synthesize(config=cfg, run=run), run=run)
+    datasets = validate(datasets=synthesize(config=cfg), run=run)
     sft_model = warm_start(config=cfg, datasets=datasets, run=run)
     calibration = calibrate(config=cfg, model=sft_model, datasets=datasets, run=run)
     model = train(config=cfg, model=sft_model, targets=datasets.targets, calibration=calibration, run=run)
@@ -56,7 +56,7 @@ def delta_belief_pipeline_gpu(
     """The same pipeline with training on a GPU Ray cluster (verl + vLLM for the paper presets)."""
     cfg = resolve_config(config=config, estimator=estimator, num_steps=num_steps, overrides=overrides)
     run = start_run(config=cfg)
-    datasets = validate(datasets=synthesize(config=cfg, run=run), run=run)
+    datasets = validate(datasets=synthesize(config=cfg), run=run)
     sft_model = warm_start(config=cfg, datasets=datasets, run=run)
     calibration = calibrate(config=cfg, model=sft_model, datasets=datasets, run=run)
     model = train_gpu(config=cfg, model=sft_model, targets=datasets.targets, calibration=calibration, run=run)

@@ -6,9 +6,10 @@ Model specs (``PolicyConfig.model`` / ``JudgeConfig.model``):
   The first load de-quantises it and keeps a transformers copy in the cache
   (``$DELTABELIEF_CACHE``, default ``~/.cache/deltabelief``) so later loads are fast.
 - ``tiny``: a randomly initialised 2-layer Llama with SmolLM2's tokenizer (tests).
-- a ``.gguf`` file, a local directory with a transformers checkpoint, or a hub id
-  (hub ids need the files in the local Hugging Face cache; nothing is downloaded
-  when ``HF_HUB_OFFLINE=1``).
+- a ``.gguf`` file, a local directory with a transformers checkpoint (or the output
+  directory of ``deltabelief sft``/``train``, whose checkpoint is in ``model/``), or a hub
+  id (hub ids need the files in the local Hugging Face cache; nothing is downloaded when
+  ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
@@ -77,8 +78,18 @@ def _smollm2_dir() -> Path:
 
 
 @lru_cache(maxsize=4)
+def checkpoint_dir(spec: str) -> str:
+    """``spec``, or ``spec/model`` when ``spec`` is a stage's output directory holding the
+    checkpoint there (``deltabelief sft --out runs/sft`` saves to ``runs/sft/model``)."""
+    path = Path(spec)
+    if path.is_dir() and not (path / "config.json").exists() and (path / "model" / "config.json").exists():
+        return str(path / "model")
+    return spec
+
+
 def load_tokenizer(spec: str = "smollm2"):
     """The tokenizer for a model spec (``tiny`` shares SmolLM2's)."""
+    spec = checkpoint_dir(spec)
     if spec in ("smollm2", "tiny"):
         tokenizer = AutoTokenizer.from_pretrained(_smollm2_dir())
     elif spec.endswith(".gguf"):
@@ -118,6 +129,7 @@ def load_causal_lm(spec: str = "smollm2", dtype: str = "float32", seed: int = 0)
     """Load ``(model, tokenizer)`` for a model spec; see the module docstring for the forms."""
     if spec == "tiny":
         return tiny_causal_lm(seed)
+    spec = checkpoint_dir(spec)
     torch_dtype = DTYPES[dtype]
     if spec == "smollm2":
         path = _smollm2_dir()
