@@ -6,8 +6,8 @@ Steps (each skipped when its output is already complete, so an interrupted compa
   1. ``deltabelief synth``  with the first preset's data section  -> OUT/data
   2. ``deltabelief sft``    once, shared by every run             -> OUT/sft/model
   3. ``deltabelief train``  per (preset, seed) with train.seed     -> OUT/<preset>-seed<S>/metrics.jsonl
-Then it writes OUT/curves.json (mean and std across seeds per step), OUT/curves.png and
-OUT/curves.md. The presets default to cpu (turn_grpo + ΔBelief reward) and cpu-grpo (StarPO:
+Then it writes OUT/curves.json (mean and std across seeds per step, and each stage's share
+of an RL step's wall time), OUT/curves.png and OUT/curves.md. The presets default to cpu (turn_grpo + ΔBelief reward) and cpu-grpo (StarPO:
 trajectory-level GRPO, no belief reward), which differ only in their method keys.
 """
 
@@ -22,11 +22,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-CURVES = {  # metric -> label
+CURVES = {  # metric -> label; rewards are left out: each preset's reward has different terms
     "rollout/success_rate": "success rate",
     "rollout/num_turns_mean": "mean questions per game",
-    "reward/rollout_sum_mean": "mean reward per game (own preset's reward)",
-    "belief/log_belief_final_mean": "final-turn log belief",
+    "rollout/repeated_rate": "repeated-question rate",
+    "rollout/unanswerable_rate": "unanswerable-question rate",
+    "belief/delta_mean": "mean ΔBelief per turn",
 }
 
 
@@ -71,6 +72,16 @@ def summarise(histories: dict[str, list[list[dict]]]) -> dict:
     return out
 
 
+STAGES = ("rollout", "belief", "reward_adv", "old_logprobs", "update")
+
+
+def stage_shares(histories: dict[str, list[list[dict]]]) -> dict[str, float]:
+    """Mean share of an RL step's wall time per stage, over every step of every run."""
+    steps = [m for runs in histories.values() for h in runs for m in h]
+    return {stage: statistics.fmean(m[f"perf/seconds_{stage}"] / m["perf/seconds_step"] for m in steps)
+            for stage in STAGES}
+
+
 def plot(curves: dict, seeds: list[int], path: Path) -> None:
     import matplotlib
 
@@ -93,17 +104,18 @@ def plot(curves: dict, seeds: list[int], path: Path) -> None:
     plt.close(fig)
 
 
+TABLE = {"rollout/success_rate": "success", "rollout/num_turns_mean": "questions",
+         "rollout/repeated_rate": "repeated", "belief/delta_mean": "ΔBelief"}
+
+
 def table(curves: dict) -> str:
-    """Markdown: success and mean questions per step, mean ± std across seeds."""
+    """Markdown: per step and preset, the mean ± std across seeds of the TABLE metrics."""
     presets = list(curves)
-    head = "| step | " + " | ".join(f"{p} success | {p} questions" for p in presets) + " |"
-    rows = [head, "|---" * (1 + 2 * len(presets)) + "|"]
+    head = "| step | " + " | ".join(f"{p} {label}" for p in presets for label in TABLE.values()) + " |"
+    rows = [head, "|---" * (1 + len(TABLE) * len(presets)) + "|"]
     steps = min(len(curves[p]["rollout/success_rate"]["mean"]) for p in presets)
     for i in range(steps):
-        cells = []
-        for p in presets:
-            for metric in ("rollout/success_rate", "rollout/num_turns_mean"):
-                cells.append(f"{curves[p][metric]['mean'][i]:.2f} ± {curves[p][metric]['std'][i]:.2f}")
+        cells = [f"{curves[p][m]['mean'][i]:.2f} ± {curves[p][m]['std'][i]:.2f}" for p in presets for m in TABLE]
         rows.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -134,10 +146,13 @@ def main() -> None:
     for (preset, _), run_dir in zip(runs, dirs):
         histories[preset].append(read_history(run_dir)[: args.steps])
     curves = summarise(histories)
-    (out / "curves.json").write_text(json.dumps({"seeds": seeds, "steps": args.steps, "curves": curves}, indent=2))
+    shares = stage_shares(histories)
+    (out / "curves.json").write_text(json.dumps({"seeds": seeds, "steps": args.steps, "curves": curves,
+                                                 "step_time_shares": shares}, indent=2))
     plot(curves, seeds, out / "curves.png")
     (out / "curves.md").write_text(table(curves))
     print(table(curves))
+    print("share of an RL step's wall time:", ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
     print(f"curves in {out}/curves.json, {out}/curves.png, {out}/curves.md")
 
 
