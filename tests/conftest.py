@@ -15,3 +15,10 @@ os.environ["FLYTE_LOCAL_CACHE_ENABLED"] = "false"
 _SCRATCH = tempfile.mkdtemp(prefix="deltabelief-tests-")
 os.environ["TMPDIR"] = _SCRATCH
 tempfile.tempdir = _SCRATCH
+
+
+def pytest_report_header(config):
+    from anchor import ANCHOR_DATA
+
+    state = "found" if ANCHOR_DATA.is_dir() else "MISSING: set DELTABELIEF_ANCHOR_DATA; the reference-data tests will fail"
+    return f"reference data: {ANCHOR_DATA} ({state})"

@@ -9,6 +9,7 @@ import math
 import pandas as pd
 import pytest
 
+from anchor import REFERENCE_DATA
 from deltabelief.config import DataConfig, GameConfig
 from deltabelief.data.contracts import (
     DERIVED,
@@ -197,7 +198,7 @@ def test_suites_are_declarative_and_resolve_statuses():
 def test_targets_from_outside_sources_hold_the_contract(source, tmp_path):
     from pathlib import Path
 
-    anchor = Path(__file__).resolve().parents[2] / "shared" / "anchor_data" / "delta_belief_rl"
+    anchor = REFERENCE_DATA
     data_dir = Path(__file__).parent / "data"
     kind, _, rest = source.partition(":")
     full = f"paprika:{data_dir / 'paprika_small.json'}" if kind == "paprika" else f"reference:{anchor / rest}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from anchor import REFERENCE_DATA
 from deltabelief.data.loaders import (
     SourceFormatError,
     load_paprika,
@@ -18,7 +19,7 @@ from deltabelief.data.loaders import (
 )
 
 DATA = Path(__file__).parent / "data"
-ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "anchor_data" / "delta_belief_rl"
+ANCHOR = REFERENCE_DATA
 
 
 def test_parse_source_kinds_and_errors(tmp_path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from anchor import ANCHOR_DATA
 from deltabelief.config import DataConfig, GameConfig
 from deltabelief.evaluation.suites import get_suite, load_examples, load_suite_targets
 from deltabelief.games.base import GameState, Target, get_game, play_moves
@@ -33,7 +33,7 @@ from deltabelief.games.personalization import (
 from deltabelief.games.role_play import MULTI_QUESTION_MESSAGE, REPEATED_MESSAGE, fold, mentions
 from deltabelief.judges.base import JudgeReply, JudgeRequest
 
-ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "anchor_data"
+ANCHOR = ANCHOR_DATA
 REFERENCE = ANCHOR / "delta_belief_rl"
 STAR_GATE = ANCHOR / "star_gate"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from anchor import REFERENCE_DATA
 from deltabelief.config import DataConfig, GameConfig
 from deltabelief.data.knowledge_base import load_kb
 from deltabelief.data.loaders import SourceRecord
@@ -26,7 +27,7 @@ from deltabelief.games.base import STATUSES
 from deltabelief.games.twenty_questions import FIRST_PROMPT, SYSTEM_PROMPT
 
 DATA = Path(__file__).parent / "data"
-ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "anchor_data" / "delta_belief_rl"
+ANCHOR = REFERENCE_DATA
 WORDS = f"words:{DATA / 'words_small.txt'}"
 PAPRIKA = f"paprika:{DATA / 'paprika_small.json'}"
 
