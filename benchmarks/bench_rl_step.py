@@ -14,10 +14,8 @@ import tempfile
 from deltabelief.config import load_config
 from deltabelief.data.knowledge_base import load_kb
 from deltabelief.games.base import Target
+from deltabelief.training.metrics import stage_shares
 from deltabelief.training.rl import run_rl
-
-STAGES = ("rollout", "belief", "reward_adv", "old_logprobs", "update")  # the trainer's perf/seconds_* keys
-
 
 def run(preset: str = "cpu", num_steps: int = 2, num_targets: int = 16) -> dict:
     config = load_config(preset, [f"train.num_steps={num_steps}", f"train.checkpoint_every={num_steps + 1}"])
@@ -27,9 +25,7 @@ def run(preset: str = "cpu", num_steps: int = 2, num_targets: int = 16) -> dict:
         history = run_rl(config, targets, out, progress=False).history
     step_seconds = [m["perf/seconds_step"] for m in history]
     result = {"preset": preset, "num_steps": num_steps, "median_step_seconds": statistics.median(step_seconds)}
-    for stage in STAGES:
-        shares = [m.get(f"perf/seconds_{stage}", 0.0) / m["perf/seconds_step"] for m in history]
-        result[f"share_{stage}"] = round(statistics.mean(shares), 4)
+    result.update({f"share_{stage}": round(share, 4) for stage, share in stage_shares(history).items()})
     result["policy_tokens_per_s"] = statistics.mean(m["perf/policy_tokens_per_s"] for m in history)
     return result
 

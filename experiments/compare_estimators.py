@@ -7,8 +7,9 @@ Steps (each skipped when its output is already complete, so an interrupted compa
   2. ``deltabelief sft``    once, shared by every run             -> OUT/sft/model
   3. ``deltabelief train``  per (preset, seed) with train.seed     -> OUT/<preset>-seed<S>/metrics.jsonl
 Then it writes OUT/curves.json (mean and std across seeds per step, and each stage's share
-of an RL step's wall time), OUT/curves.png and OUT/curves.md. The presets default to cpu (turn_grpo + ΔBelief reward) and cpu-grpo (StarPO:
-trajectory-level GRPO, no belief reward), which differ only in their method keys.
+of an RL step's wall time), OUT/curves.png and OUT/curves.md. The presets default to cpu
+(turn_grpo + ΔBelief reward) and cpu-grpo (StarPO: trajectory-level GRPO, no belief reward),
+which differ only in their method keys.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from deltabelief.training.metrics import stage_shares
 
 CURVES = {  # metric -> label; rewards are left out: each preset's reward has different terms
     "rollout/success_rate": "success rate",
@@ -70,16 +73,6 @@ def summarise(histories: dict[str, list[list[dict]]]) -> dict:
             out[preset][metric] = {"mean": [statistics.fmean(v) for v in values],
                                    "std": [statistics.pstdev(v) for v in values]}
     return out
-
-
-STAGES = ("rollout", "belief", "reward_adv", "old_logprobs", "update")
-
-
-def stage_shares(histories: dict[str, list[list[dict]]]) -> dict[str, float]:
-    """Mean share of an RL step's wall time per stage, over every step of every run."""
-    steps = [m for runs in histories.values() for h in runs for m in h]
-    return {stage: statistics.fmean(m[f"perf/seconds_{stage}"] / m["perf/seconds_step"] for m in steps)
-            for stage in STAGES}
 
 
 def plot(curves: dict, seeds: list[int], path: Path) -> None:
@@ -146,7 +139,7 @@ def main() -> None:
     for (preset, _), run_dir in zip(runs, dirs):
         histories[preset].append(read_history(run_dir)[: args.steps])
     curves = summarise(histories)
-    shares = stage_shares(histories)
+    shares = stage_shares([m for runs in histories.values() for h in runs for m in h])
     (out / "curves.json").write_text(json.dumps({"seeds": seeds, "steps": args.steps, "curves": curves,
                                                  "step_time_shares": shares}, indent=2))
     plot(curves, seeds, out / "curves.png")

@@ -132,3 +132,13 @@ def perf_metrics(seconds: dict[str, float], policy_tokens: int, trained_tokens: 
     out["perf/policy_tokens_per_s"] = policy_tokens / step if step > 0 else 0.0
     out["perf/update_tokens_per_s"] = trained_tokens / update if update > 0 else 0.0
     return out
+
+
+# The timed stages of an RL step (``perf/seconds_<stage>``; their sum is about ``perf/seconds_step``).
+STEP_STAGES = ("rollout", "belief", "reward_adv", "old_logprobs", "update")
+
+
+def stage_shares(history: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over steps of each stage's share of the step's wall time (a stage not logged: 0)."""
+    return {stage: sum(m.get(f"perf/seconds_{stage}", 0.0) / m["perf/seconds_step"] for m in history) / len(history)
+            for stage in STEP_STAGES}
