@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
+
+
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -111,6 +115,9 @@ class DataConfig:
     num_games: int = 200
     noise_epsilon: float = 0.3
     """Probability that the noisy teacher asks a random question."""
+    guess_below: int = 1
+    """Teachers stop splitting once at most this many nouns remain and guess them in a random
+    order (1: guess only the last one left)."""
     only_solved: bool = False
 
 
@@ -185,6 +192,11 @@ class SFTConfig:
     """Rows of trajectories.parquet to train on (its ``split`` column); empty: every row."""
     seed: int = 0
     """Seeds the shuffling of conversations each epoch."""
+    packing: Literal["none", "prefix_tree"] = "none"
+    """'prefix_tree': a batch is neighbouring conversations in token order, packed so shared
+    prefixes run once (same loss; teacher games share most of their tokens)."""
+    max_row_tokens: int = 2048
+    """prefix_tree: most tokens in one packed row (one forward); memory grows with its square."""
 
 
 @dataclass
@@ -347,6 +359,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(f"{where}: {value!r} fits none of {typing.get_args(tp)}")
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads '2e-4' (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -221,6 +221,32 @@ def evaluate_stage(config: Config, model_dir: Path, out_dir: Path, ctx: RunConte
     return _run_stage(ctx, stage, body)
 
 
+def compare_stage(config: Config, baseline_dir: Path, summary: EvalSummary, out_dir: Path, ctx: RunContext) -> dict:
+    """Evaluate ``baseline_dir`` (the warm start) like the candidate and log the paired gain.
+
+    For every success suite, at its largest budget: ``{suite}/gain_over_warm_start/mean``,
+    ``ci_low`` and ``ci_high`` (95% percentile bootstrap over targets), on the stage run and
+    the parent run, plus the baseline's own evaluation as artifacts.
+    """
+    import pandas as pd
+
+    from deltabelief.evaluation.paired import paired_gain
+
+    def body(tracker: Tracker):
+        baseline = evaluate_stage(config, baseline_dir, out_dir, ctx, stage="evaluate_warm_start")
+        candidate_rows = pd.read_parquet(Path(summary.report_dir) / "per_target.parquet")
+        baseline_rows = pd.read_parquet(Path(baseline.report_dir) / "per_target.parquet")
+        gains: dict[str, float] = {}
+        for suite, rows in candidate_rows[candidate_rows["success_rate"].notna()].groupby("suite"):
+            gain = paired_gain(candidate_rows, baseline_rows, suite, int(rows["budget"].max()), seed=config.eval.seed)
+            gains.update({f"{suite}/gain_over_warm_start/{key}": value for key, value in gain.items()})
+        tracker.log(gains)
+        ctx.parent().log(gains)
+        return gains
+
+    return _run_stage(ctx, "compare_warm_start", body)
+
+
 def register_stage(config: Config, model_dir: Path, summary: EvalSummary, ctx: RunContext) -> str:
     """Log the policy as an MLflow transformers model and register it with alias 'challenger'."""
 

@@ -93,3 +93,51 @@ def test_warm_start_reads_the_train_split_and_saves_a_loadable_model(tmp_path, t
     untouched, _ = tiny_causal_lm(config.sft.seed)
     changed = [not torch.equal(a, b) for a, b in zip(reloaded.parameters(), untouched.parameters())]
     assert any(changed)
+
+
+def _branch(last_answer: str, guess: str) -> list[dict]:
+    """CONVERSATION with its last exchange replaced: conversations that share all but the end."""
+    return CONVERSATION[:3] + [{"role": "user", "content": last_answer},
+                               {"role": "assistant", "content": guess},
+                               {"role": "user", "content": "Yes! You found it."}]
+
+
+def test_prefix_tree_rows_hold_each_shared_prefix_once_with_counted_weights(tokenizer):
+    from deltabelief.training.prefix_tree import pack_prefix_trees
+
+    a = build_example(tokenizer, _branch("No.", "Is it a car?"), 4096)
+    b = build_example(tokenizer, _branch("No.", "Is it a boat?"), 4096)
+    shared = next(j for j, (x, y) in enumerate(zip(a.input_ids, b.input_ids)) if x != y)
+    (row,) = pack_prefix_trees([(a.input_ids, a.loss_mask), (b.input_ids, b.loss_mask)] * 2, max_tokens=4096)
+    assert len(row) == len(a.input_ids) + len(b.input_ids) - shared  # the common prefix is stored once
+    assert row.num_sequences == 4
+    assert sum(row.weight) == 2 * (sum(a.loss_mask) + sum(b.loss_mask))  # every trained token, counted
+    assert row.depth[:shared] == list(range(shared))
+    assert row.depth[len(a.input_ids)] == shared  # b's first own token continues at its depth
+    rows = pack_prefix_trees([(a.input_ids, a.loss_mask), (b.input_ids, b.loss_mask)], max_tokens=len(a.input_ids))
+    assert [r.num_sequences for r in rows] == [1, 1]  # b does not fit beside a: a row of its own
+
+
+def test_prefix_tree_batches_give_the_same_loss_and_gradients_as_padded_batches(tokenizer):
+    from deltabelief.training.sft import _batch_loss, _tree_batch_loss
+
+    conversations = [_branch("No.", "Is it a car?"), _branch("No.", "Is it a boat?"),
+                     _branch("Yes.", "Is it a cat?"), CONVERSATION]
+    batch = [build_example(tokenizer, c, 4096) for c in conversations]
+    grads, losses = [], []
+    for packed in (False, True):
+        model, _ = tiny_causal_lm(5)
+        model.zero_grad()
+        loss = _tree_batch_loss(model, batch, 4096, 0) if packed else _batch_loss(model, batch, 2, 0)
+        losses.append(loss)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert torch.allclose(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
+def test_prefix_tree_sft_learns_the_moves(tokenizer):
+    model, _ = tiny_causal_lm(1)
+    sft = SFTConfig(epochs=30, lr=3e-3, batch_size=2, packing="prefix_tree")
+    result = train_sft(model, tokenizer, [_branch("No.", "Is it a car?"), _branch("Yes.", "Is it a cat?")],
+                       sft, OptimConfig(), progress=False)
+    assert result.losses[-1] < 0.3 * result.losses[0]

@@ -152,3 +152,26 @@ def test_noisy_teacher_repeats_get_the_repeated_status_and_cost_turns():
                 assert status == "repeated"
                 repeats += 1
     assert repeats > 0
+
+
+def test_guess_below_guesses_the_last_few_nouns_in_a_random_order_and_still_solves():
+    kb = load_kb()
+    game = get_game("twenty_questions", max_turns=20)
+    judge = get_judge("kb", kb=kb)
+    targets = [Target(id=n, task="twenty_questions", target=n) for n in kb.nouns]
+    games = play_teacher_games(GreedyTeacher(kb, guess_below=4), targets, game, judge, kb, random.Random(0))
+    assert all(g.state.solved for g in games)
+    wrong = [(g.state.target.target, m) for g in games for m, s in zip(g.moves, g.statuses)
+             if s == "no" and kb.parse(m).kind == "guess"]
+    assert wrong  # failed guesses of other nouns: what lets an imitator reach held-out targets
+    for g in games:
+        first_guess = next(t for t, m in enumerate(g.moves) if kb.parse(m).kind == "guess")
+        left = consistent_nouns(kb, g.moves[:first_guess], g.statuses[:first_guess], g.state.target.target)
+        assert 1 <= len(left) <= 4  # it stopped splitting only once at most 4 nouns remained
+        assert all(kb.parse(m).kind == "guess" for m in g.moves[first_guess:])  # then only guesses
+    orders = {tuple(g.moves) for seed in range(6)
+              for g in play_teacher_games(GreedyTeacher(kb, guess_below=4), targets[:1], game, judge, kb,
+                                          random.Random(seed))}
+    assert len(orders) > 1  # the guessing order is drawn, not fixed
+    with pytest.raises(ValueError, match="guess_below"):
+        GreedyTeacher(kb, guess_below=0)

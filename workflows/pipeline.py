@@ -13,6 +13,7 @@ from flytekit.types.directory import FlyteDirectory
 
 from deltabelief.pipeline import EvalSummary
 from tasks.calibrate import calibrate
+from tasks.compare import compare_to_warm_start
 from tasks.evaluate import evaluate
 from tasks.registry import promote, register
 from tasks.setup import finish_run, resolve_config, start_run
@@ -28,7 +29,8 @@ DEFAULT_PRESET = "configs/cpu.yaml"
 def delta_belief_pipeline(
     config: str = DEFAULT_PRESET, estimator: str = "", num_steps: int = 0, overrides: List[str] = []
 ) -> dict:
-    """synthesize -> validate -> warm_start -> calibrate -> train -> evaluate -> register -> promote.
+    """synthesize -> validate -> warm_start -> calibrate -> train -> evaluate (and the warm start, for the
+    paired gain) -> register -> promote.
 
     Args:
         config: path of a YAML preset (configs/tiny.yaml, configs/cpu.yaml, ...).
@@ -43,9 +45,10 @@ def delta_belief_pipeline(
     calibration = calibrate(config=cfg, model=sft_model, datasets=datasets, run=run)
     model = train(config=cfg, model=sft_model, targets=datasets.targets, calibration=calibration, run=run)
     summary = evaluate(config=cfg, model=model, run=run)
+    gain = compare_to_warm_start(config=cfg, baseline=sft_model, summary=summary, run=run)
     version = register(config=cfg, model=model, summary=summary, run=run)
     decision = promote(config=cfg, version=version, summary=summary, run=run)
-    finish_run(run=run, decision=decision)
+    gain >> finish_run(run=run, decision=decision)
     return decision
 
 

@@ -150,7 +150,7 @@ def play_teachers(data: DataConfig, game_config: GameConfig, table: TargetTable)
     game = make_game("twenty_questions", game_config)
     judge = get_judge("kb", kb=kb)  # the same (possibly restricted) KB the teacher reasons with
     rng = random.Random(data.seed)
-    teacher = make_teacher(data.teacher, kb, data.noise_epsilon)
+    teacher = make_teacher(data.teacher, kb, data.noise_epsilon, data.guess_below)
     scheduled = schedule_targets(table.targets, data.num_games, data.seed)
     games = play_teacher_games(teacher, scheduled, game, judge, kb, rng)
     split_of = {t.id: s for t, s in zip(table.targets, table.splits)}

@@ -6,7 +6,11 @@ every stored answer and status is what the RL environment would say.
 - ``greedy``: among the nouns still consistent with the answers, ask the predicate whose yes/no
   split has the highest entropy H(k/n) (ties: knowledge-base order); guess (``Is it a dog?``)
   when one noun remains, when no predicate splits the rest, or on the game's last turn
-  (then the first noun left: a question there could no longer win).
+  (then the first noun left: a question there could no longer win). With ``guess_below`` k > 1
+  it stops splitting once at most k nouns remain and guesses them one by one in a random
+  order. The wrong guesses are what lets a warm-started model solve held-out targets: a
+  target that no training game ends on still appears, as a failed guess, in the games of
+  the training targets that share its last nouns.
 - ``noisy``: with probability ε ask a uniformly random predicate, repeats allowed (the game
   answers 'repeated'), otherwise play greedy. It leaves a warm-started model room to improve.
 
@@ -78,8 +82,11 @@ class GreedyTeacher:
 
     name = "greedy"
 
-    def __init__(self, kb: "KnowledgeBase"):
+    def __init__(self, kb: "KnowledgeBase", guess_below: int = 1):
+        if guess_below < 1:
+            raise ValueError(f"guess_below must be at least 1, got {guess_below}")
         self.kb = kb
+        self.guess_below = guess_below
         self.row = {noun: i for i, noun in enumerate(kb.nouns)}
         # holds[v, p] = does predicate p hold for noun v.  [V, P]
         self.holds = np.array([[kb.holds(n, p.name) for p in kb.predicates] for n in kb.nouns], dtype=bool)
@@ -87,6 +94,8 @@ class GreedyTeacher:
     def next_move(self, consistent: list[str], rng: random.Random, turns_left: int = 20) -> str:
         if not consistent:
             raise ValueError("no noun is consistent with the answers; the game cannot be played greedily")
+        if 1 < len(consistent) <= self.guess_below:
+            return self.kb.guess_question(rng.choice(consistent))
         if len(consistent) > 1 and turns_left > 1:
             rows = self.holds[[self.row[n] for n in consistent]]  # [C, P]
             gain = split_entropy(rows.sum(axis=0), len(consistent))  # [P]
@@ -101,10 +110,10 @@ class NoisyTeacher(GreedyTeacher):
 
     name = "noisy"
 
-    def __init__(self, kb: "KnowledgeBase", epsilon: float):
+    def __init__(self, kb: "KnowledgeBase", epsilon: float, guess_below: int = 1):
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"noise_epsilon must be in [0, 1], got {epsilon}")
-        super().__init__(kb)
+        super().__init__(kb, guess_below)
         self.epsilon = epsilon
 
     def next_move(self, consistent: list[str], rng: random.Random, turns_left: int = 20) -> str:
@@ -113,11 +122,11 @@ class NoisyTeacher(GreedyTeacher):
         return super().next_move(consistent, rng, turns_left)
 
 
-def make_teacher(name: str, kb: "KnowledgeBase", epsilon: float = 0.3) -> Teacher:
+def make_teacher(name: str, kb: "KnowledgeBase", epsilon: float = 0.3, guess_below: int = 1) -> Teacher:
     if name == "greedy":
-        return GreedyTeacher(kb)
+        return GreedyTeacher(kb, guess_below)
     if name == "noisy":
-        return NoisyTeacher(kb, epsilon)
+        return NoisyTeacher(kb, epsilon, guess_below)
     raise KeyError(f"unknown teacher {name!r}; teachers: {list(TEACHERS)}")
 
 

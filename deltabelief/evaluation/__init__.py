@@ -5,7 +5,8 @@ policy and writes, under ``out_dir``:
 
 - ``results.parquet``: one row per game and budget (the ``eval`` data contract);
 - ``per_target.parquet``, ``summary.parquet`` and, for Twenty Questions, ``beliefs.parquet``;
-- ``belief_curves.png``, ``pass_at_k.png``, ``interaction_scaling.png``;
+- ``information.parquet`` for games judged from a knowledge base (bits gained per question);
+- ``belief_curves.png``, ``pass_at_k.png``, ``interaction_scaling.png``, ``information_per_turn.png``;
 - ``report.md`` with the tables and plots.
 
 It returns an :class:`EvalResult` with those paths and a flat metrics dict for MLflow
@@ -26,6 +27,7 @@ import pandas as pd
 from deltabelief.config import BeliefConfig, DataConfig, EvalConfig, GameConfig
 from deltabelief.data.contracts import validate_dataset
 from deltabelief.evaluation import plots as plotting
+from deltabelief.information import information_per_turn
 from deltabelief.evaluation.metrics import belief_curves, mean_at_k, pass_at_k, per_target_table, summarize
 from deltabelief.evaluation.report import write_report
 from deltabelief.evaluation.scaling import RESULT_COLUMNS, results_frame
@@ -161,7 +163,7 @@ def _belief_metrics(beliefs: pd.DataFrame) -> dict[str, float]:
 
 def _run_suites(config, policy, *, data, game, targets, judges, play_fn, answer_fn, belief_fn, progress):
     sources = parse_sources(config.sources)
-    rows, belief_rows, notes, seconds = [], [], {}, {}
+    rows, belief_rows, info_rows, info_metrics, notes, seconds = [], [], [], {}, {}, {}
     for name in config.suites:
         spec = get_suite(name)
         began = time.perf_counter()
@@ -180,14 +182,17 @@ def _run_suites(config, policy, *, data, game, targets, judges, play_fn, answer_
             run = run_success_suite(spec, suite_game, judge, chosen, config, policy, play_fn, scorer, progress)
         rows += run.rows
         belief_rows += run.beliefs
+        info_rows += run.information
+        info_metrics.update(run.metrics)
         seconds[name] = time.perf_counter() - began
         notes[name] = {"source": source, "split": split, "targets": f"{len(chosen)} of {len(candidates)}",
                        "judge": judge_name, **run.notes, "wall time": f"{seconds[name]:.1f}s"}
         log.info("suite %s done in %.1fs", name, seconds[name])
-    return rows, belief_rows, notes, seconds
+    return rows, belief_rows, (info_rows, info_metrics), notes, seconds
 
 
-def _write_plots(out_dir: Path, summary: pd.DataFrame, curves: pd.DataFrame | None) -> dict[str, Path]:
+def _write_plots(out_dir: Path, summary: pd.DataFrame, curves: pd.DataFrame | None,
+                 information: pd.DataFrame | None) -> dict[str, Path]:
     plots: dict[str, Path] = {}
     if curves is not None and not curves.empty:
         plots["belief_curves"] = plotting.plot_belief_curves(curves, out_dir / "belief_curves.png")
@@ -195,6 +200,8 @@ def _write_plots(out_dir: Path, summary: pd.DataFrame, curves: pd.DataFrame | No
     if not pass_table.empty:
         plots["pass_at_k"] = plotting.plot_pass_at_k(pass_table, out_dir / "pass_at_k.png")
     plots["interaction_scaling"] = plotting.plot_scaling(summary, out_dir / "interaction_scaling.png")
+    if information is not None and not information.empty:
+        plots["information_per_turn"] = plotting.plot_information(information, out_dir / "information_per_turn.png")
     return plots
 
 
@@ -232,7 +239,7 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    rows, belief_rows, notes, seconds = _run_suites(
+    rows, belief_rows, (info_rows, info_metrics), notes, seconds = _run_suites(
         config, policy, data=data or DataConfig(), game=game or GameConfig(), targets=targets,
         judges=_Judges(config, game or GameConfig(), judges), play_fn=play_fn or _default_play_fn(),
         answer_fn=(lambda: answer_fn) if answer_fn else (lambda: _policy_answer_fn(policy, config)),
@@ -259,9 +266,15 @@ def evaluate(
         beliefs.to_parquet(beliefs_path, index=False)
         metrics.update(_belief_metrics(beliefs))
         curves = _curves(beliefs)
+    information = None
+    if info_rows:
+        info_path = out_dir / "information.parquet"
+        pd.DataFrame(info_rows).to_parquet(info_path, index=False)
+        information = information_per_turn(pd.DataFrame(info_rows))
+        metrics.update(info_metrics)
     for name, value in seconds.items():
         metrics[f"perf/eval_{name}_seconds"] = value
-    plots = _write_plots(out_dir, summary, curves)
+    plots = _write_plots(out_dir, summary, curves, information)
     metrics["perf/eval_seconds"] = time.perf_counter() - began
     header = {"suites": ", ".join(config.suites), "k (samples per target)": config.k,
               "budgets": ", ".join(str(b) for b in sorted(set(config.budgets))),
@@ -270,6 +283,7 @@ def evaluate(
     report_path = write_report(
         out_dir / "report.md", summary=summary, scaling=summary, pass_table=_pass_table(summary),
         per_target=per_target, curves=curves, plots=plots, notes=notes, header=header,
+        information=information, information_metrics=info_metrics,
     )
     log.info("evaluation written to %s", out_dir)
     return EvalResult(out_dir, results_path, summary_path, per_target_path, report_path, plots, metrics,

@@ -1,4 +1,5 @@
-"""PNG plots of an evaluation: belief curves, pass@k, interaction scaling (matplotlib, Agg).
+"""PNG plots of an evaluation: belief curves, pass@k, interaction scaling, information per turn
+(matplotlib, Agg).
 
 Every function takes a tidy data frame and a path, draws one figure, saves it and
 returns the path. Nothing is shown on screen.
@@ -101,6 +102,28 @@ def plot_scaling(scaling: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylim(0.5, 10.5)
         ax.set_xticks(sorted(rated["budget"].unique()))
         ax.set_title("Rating after each turn")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_information(per_turn: pd.DataFrame, path: str | Path) -> Path:
+    """Mean bits per question and the share of zero-gain questions against the turn index.
+
+    ``per_turn``: columns suite, turn, bits_mean, zero_gain_share, count (``information_per_turn``).
+    """
+    fig, (bits_ax, zero_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for suite, part in per_turn.groupby("suite"):
+        part = part.sort_values("turn")
+        bits_ax.plot(part["turn"], part["bits_mean"], marker="o", markersize=3, label=suite)
+        zero_ax.plot(part["turn"], part["zero_gain_share"], marker="o", markersize=3, label=suite)
+    bits_ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="a perfect halving")
+    bits_ax.set_ylabel("mean bits gained by the question")
+    zero_ax.set_ylabel("share of questions that gain nothing")
+    zero_ax.set_ylim(-0.02, 1.02)
+    for ax in (bits_ax, zero_ax):
+        ax.set_xlabel("turn")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)

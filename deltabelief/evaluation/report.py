@@ -99,6 +99,8 @@ def write_report(
     plots: dict[str, Path],
     notes: dict[str, dict[str, Any]],
     header: dict[str, Any],
+    information: pd.DataFrame | None = None,
+    information_metrics: dict[str, float] | None = None,
 ) -> Path:
     """Write the Markdown report; plots are linked relative to the report's folder."""
     path = Path(path)
@@ -117,6 +119,12 @@ def write_report(
         lines += ["## pass@k", "", markdown_table(wide.reset_index())]
     if curves is not None and not curves.empty:
         lines += ["## Belief per turn (mean log b_t)", "", markdown_table(belief_table(curves))]
+    if information is not None and not information.empty:
+        lines += ["## Information per question (exact, knowledge-base games)", "",
+                  "bits_t = log2(|C_{t-1}| / |C_t|) with C_t the nouns consistent with the answers so far; "
+                  "a zero-gain question learned nothing new.", ""]
+        lines += [f"- **{k}**: {v:.3f}" for k, v in (information_metrics or {}).items()] + [""]
+        lines += [markdown_table(information)]
     for name, plot in plots.items():
         lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({Path(plot).relative_to(path.parent)})", ""]
     lines += ["## Per-target results (largest budget)", ""]

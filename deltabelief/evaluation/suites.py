@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from deltabelief.config import Config, DataConfig, EvalConfig, GameConfig, JudgeConfig
+from deltabelief.information import information_metrics, information_rows
 from deltabelief.evaluation.scaling import game_row, play_budgets, scaling_rows
 from deltabelief.games import customer_service, guess_my_city, murder_mystery, personalization  # noqa: F401  (register)
 from deltabelief.games.base import Game, Target, get_game
@@ -195,6 +197,10 @@ class SuiteRun:
     """Long belief table rows: suite, target_id, sample, turn, log_belief, solved."""
     notes: dict[str, Any] = field(default_factory=dict)
     """Where targets came from, which judge played, how budgets were read, exclusions."""
+    information: list[dict] = field(default_factory=list)
+    """Knowledge-base games: one row per question with its exact information gain (bits)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Suite-level metrics computed while playing (information gain)."""
 
 
 def _belief_rows(name: str, games: list[Trajectory], curves: list[np.ndarray]) -> list[dict]:
@@ -220,6 +226,11 @@ def run_success_suite(
     played = play_budgets(play, config.budgets, replay=config.replay_budgets)
     run = SuiteRun(spec.name, scaling_rows(spec.name, played), played)
     run.notes["budgets"] = "replayed per budget" if config.replay_budgets else f"read from games played at {max(played)} turns"
+    kb = getattr(judge, "kb", None)  # an exact judge knows the consistent sets: measure information
+    if kb is not None:
+        games = played[max(played)]
+        run.information = information_rows(spec.name, kb, games)
+        run.metrics = information_metrics(spec.name, pd.DataFrame(run.information), games, kb, max(played))
     if spec.beliefs and belief_fn is not None:
         games = played[max(played)]
         curves = belief_fn(games)

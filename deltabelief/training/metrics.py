@@ -49,6 +49,20 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     return out
 
 
+def information_metrics(trajectories: Sequence[Trajectory], kb) -> dict[str, float]:
+    """Exact information per question in knowledge-base games (``info/``; deltabelief.information)."""
+    from deltabelief.information import question_bits
+
+    bits = torch.tensor([b for t in trajectories
+                         for b in question_bits(kb, [x.move for x in t.turns], t.statuses(), t.target.target)])
+    solved = [t.num_turns for t in trajectories if t.solved]
+    return {
+        "info/bits_per_question": _mean(bits),
+        "info/zero_gain_share": _mean((bits == 0).float()),
+        "info/questions_to_solve": sum(solved) / len(solved) if solved else 0.0,
+    }
+
+
 def reward_metrics(rewards: torch.Tensor, turn_mask: torch.Tensor) -> dict[str, float]:
     """rewards, turn_mask: [B, T]. Per-turn mean and the mean of per-rollout sums."""
     mask = turn_mask.bool()

@@ -306,8 +306,10 @@ class RLTrainer:
         seconds["step"] = time.perf_counter() - began
         self._write_samples(step, trajectories)
         trained = sum(sum(m) for m in batch.response_mask) * c.ppo.ppo_epochs
+        kb = getattr(self.judge, "kb", None)
+        info = M.information_metrics(trajectories, kb) if kb is not None else {}
         return {
-            **M.rollout_metrics(trajectories), **score_metrics, **rollout_stats.metrics(),
+            **M.rollout_metrics(trajectories), **score_metrics, **rollout_stats.metrics(), **info,
             **M.loss_metrics(stats, grad_norms, self.scheduler.get_last_lr()[0], old_gap),
             **M.perf_metrics(seconds, rollout_stats.policy_tokens, trained),
         }

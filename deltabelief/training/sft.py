@@ -12,6 +12,11 @@ after the marker (a newline) and the user answers get no loss.
 
 The loss is the token mean of −log π(token) over all trained tokens of a batch
 (with gradient accumulation over micro-batches giving the same mean).
+
+With ``sft.packing: prefix_tree`` the conversations are sorted by their tokens, a batch is
+``batch_size`` neighbours in that order (cut at a random offset each epoch, batches in a
+shuffled order), and a batch's conversations share their common prefixes in packed rows
+(:mod:`deltabelief.training.prefix_tree`): the same loss, a fraction of the tokens.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from deltabelief.config import Config, OptimConfig, SFTConfig
 from deltabelief.policy.chat import ChatTemplateError, encode, render
 from deltabelief.training.logprobs import right_pad, token_logprobs
 from deltabelief.training.optim import build_optimizer
+from deltabelief.training.prefix_tree import collate_rows, pack_prefix_trees, tree_nll_sum
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +140,32 @@ def _batch_loss(model, batch: list[SFTExample], micro_size: int, pad_id: int) ->
     return value
 
 
+def _tree_batch_loss(model, batch: list[SFTExample], max_row_tokens: int, pad_id: int) -> float:
+    """Backward of the token-mean loss over ``batch``, one packed prefix-tree row per forward."""
+    total = sum(sum(e.loss_mask) for e in batch)
+    dtype = model.get_input_embeddings().weight.dtype
+    value = 0.0
+    for row in pack_prefix_trees([(e.input_ids, e.loss_mask) for e in batch], max_row_tokens):
+        loss = tree_nll_sum(model, collate_rows([row], pad_id, dtype)) / total  # share of the batch token mean
+        loss.backward()
+        value += float(loss.detach())
+    return value
+
+
+def _epoch_batches(examples: list[SFTExample], sft: SFTConfig, epoch: int) -> list[list[SFTExample]]:
+    """This epoch's batches: shuffled conversations, or token-sorted neighbours for prefix trees."""
+    generator = torch.Generator().manual_seed(sft.seed * 100_003 + epoch)
+    if sft.packing == "none":
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        return _micro_batches([examples[i] for i in order], sft.batch_size)
+    ordered = sorted(examples, key=lambda e: e.input_ids)
+    offset = int(torch.randint(sft.batch_size, (1,), generator=generator))  # vary the cuts per epoch
+    batches = [ordered[:offset]] if offset else []
+    batches += _micro_batches(ordered[offset:], sft.batch_size)
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
 def train_sft(
     model,
     tokenizer,
@@ -156,18 +188,19 @@ def train_sft(
     optimizer = build_optimizer(params, optim, lr=sft.lr)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     micro = sft.micro_batch_size or sft.batch_size
-    steps_per_epoch = math.ceil(len(examples) / sft.batch_size)
+    steps_per_epoch = math.ceil(len(examples) / sft.batch_size) + (sft.packing != "none")
     result = SFTResult(None, num_examples=len(examples), num_truncated=num_truncated,
                        num_trained_tokens=sum(sum(e.loss_mask) for e in examples))
     model.train()
     bar = tqdm(total=sft.epochs * steps_per_epoch, desc="sft", disable=not progress)
     for epoch in range(sft.epochs):
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(sft.seed * 100_003 + epoch))
-        shuffled = [examples[i] for i in order.tolist()]
-        for batch in _micro_batches(shuffled, sft.batch_size):
+        for batch in _epoch_batches(examples, sft, epoch):
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            loss = _batch_loss(model, batch, micro, pad_id)
+            if sft.packing == "prefix_tree":
+                loss = _tree_batch_loss(model, batch, sft.max_row_tokens, pad_id)
+            else:
+                loss = _batch_loss(model, batch, micro, pad_id)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
             optimizer.step()
             result.losses.append(loss)
