@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--targets", required=True, help="targets.parquet (the train split is used)")
     p.add_argument("--out", required=True, help="output directory for checkpoints and the final model")
-    p.add_argument("--estimator", choices=["turn_grpo", "grpo", "rloo", "gigpo"], help="credit assignment")
+    p.add_argument("--estimator", choices=["turn_grpo", "grpo", "rloo", "gigpo", "turn_rloo"], help="credit assignment")
     p.add_argument("--model", help="starting model (e.g. the SFT output directory)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.set_defaults(func=cmd_train)
