@@ -189,7 +189,10 @@ def secret_city(kb: KnowledgeBase, target: Target) -> str:
     """The KB city a 'City, Country' target names; a ValueError names the target when it is not one."""
     from deltabelief.games.guess_my_city import split_city
 
-    city, country = split_city(target.target)
+    try:
+        city, country = split_city(target.target)
+    except ValueError as err:
+        raise ValueError(f"target {target.id!r}: {err}") from None
     try:
         secret = kb.canonical(city)
     except KnowledgeBaseError:
