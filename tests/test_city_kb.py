@@ -55,14 +55,12 @@ HELD_OUT = [
     ("Chicago", "Is it in the USA?", "yes"),
     ("Manchester", "Is it in the UK?", "yes"),
     ("Marseille", "Is it in France?", "yes"),
-    ("Geneva, Switzerland", "Is it in France?", "invalid"),  # not a city of the knowledge base: see below
     ("Johannesburg", "Is it in South Africa?", "yes"),
     ("Johannesburg", "Is it in Africa?", "yes"),
     # capital
     ("Canberra", "Is it the capital city?", "yes"),
     ("Sydney", "Is it a national capital?", "no"),
     ("Ottawa", "Is it a capital?", "yes"),
-    ("Istanbul, Turkey", "Is it a capital?", "invalid"),
     # coast
     ("Lisbon", "Is it on the coast?", "yes"),
     ("Madrid", "Is it a coastal city?", "no"),
@@ -108,7 +106,7 @@ HELD_OUT = [
 ]
 
 
-@pytest.mark.parametrize("city, move, expected", [row for row in HELD_OUT if "," not in row[0]])
+@pytest.mark.parametrize("city, move, expected", HELD_OUT)
 def test_held_out_answers(judge, city, move, expected):
     _, (result,) = play(judge, city, [move])
     assert outcome(result) == expected, (city, move, result)
