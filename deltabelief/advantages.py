@@ -22,6 +22,10 @@ Estimators (advantages are 0 on turns that were not played):
 - ``rloo`` (Ahmadian et al. 2024): A_i = S_i − mean_{j∈g, j≠i} S_j, the same on every turn.
 - ``gigpo`` (Feng et al. 2025, GiGPO): A[i,t] = A_episode(i) + ω·A_step(i,t), the step advantage a
   z-score of the discounted return within the group of steps taken from the same state.
+- ``turn_rloo`` (the unbiased turn-level variant): A[i,t] = G[i,t] − mean_{j∈g, j≠i, j played t} G[j,t],
+  G[i,t] = Σ_{k≥t} R[i,k] the reward-to-go. The baseline depends only on the other rollouts, never on
+  when rollout i itself stops, so the policy gradient stays unbiased when the policy controls
+  termination (docs/method.md, section 3).
 
 Group statistics use the unbiased std (n − 1); a group with one member gets mean 0 and std 1
 (as verl's GRPO). They are computed in float64 so that a zero-variance group gives exactly 0.
@@ -320,6 +324,54 @@ def _gigpo_loop(turn_rewards, turn_mask, group_ids, *, norm_by_std=True, eps=1e-
         for (i, t), g in zip(steps, returns):
             out[i, t] += gigpo_omega * ((g - mean) / (std + eps) if norm_by_std else g - mean)
     return (out * mask).to(turn_rewards.dtype)
+
+
+# ---------------------------------------------------------------- turn_rloo
+
+
+def returns_to_go(turn_rewards: torch.Tensor, turn_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] float64 G[i,t] = Σ_{k≥t} R[i,k] over played turns (undiscounted)."""
+    return discounted_returns(turn_rewards, turn_mask, 1.0)
+
+
+@register_estimator("turn_rloo", level="trajectory")
+def turn_rloo(turn_rewards, turn_mask, group_ids, *, step_states=None) -> torch.Tensor:
+    """Reward-to-go minus a leave-one-out baseline per turn index: unbiased under policy-controlled stopping.
+
+    A[i,t] = G[i,t] − b[i,t], G[i,t] = Σ_{k≥t} R[i,k]; b[i,t] is the mean of G[j,t] over the other
+    rollouts j of the group that played turn t (0 when none did). Rollout i's own rewards and its own
+    stopping turn never enter b[i,t], so E[∇log π(a_t) · b[i,t]] = 0 and the expected update is the
+    policy gradient of E[Σ_t R[i,t]]. Takes r_eog once (level ``trajectory``), so G[i,t] is the
+    trajectory's return from turn t on. No std normalisation: dividing by a group statistic would
+    reweight turns and break that equality.
+
+    Returns:
+        [B, T] advantages in ``turn_rewards``' dtype, 0 on turns not played.
+    """
+    mask = _check(turn_rewards, turn_mask)
+    index, num_groups = _group_index(group_ids, mask.shape[0])
+    returns = returns_to_go(turn_rewards, mask) * mask  # [B, T] G[i,t], 0 where not played
+    shape = (num_groups, mask.shape[1])
+    total = returns.new_zeros(shape).index_add_(0, index, returns)  # [G, T] Σ_{j played t} G[j,t]
+    count = returns.new_zeros(shape).index_add_(0, index, mask.double())  # [G, T] rollouts that played t
+    others = count[index] - 1  # [B, T] other rollouts of the group that played t
+    baseline = torch.where(others > 0, (total[index] - returns) / others.clamp(min=1), torch.zeros_like(returns))
+    return ((returns - baseline) * mask).to(turn_rewards.dtype)
+
+
+def _turn_rloo_loop(turn_rewards, turn_mask, group_ids):
+    mask = turn_mask.bool()
+    batch, turns = mask.shape
+    ids = torch.as_tensor(group_ids).tolist()
+    lengths = [int(mask[i].sum()) for i in range(batch)]
+    to_go = [[sum(float(turn_rewards[i, k]) for k in range(t, lengths[i])) for t in range(turns)]
+             for i in range(batch)]
+    out = torch.zeros(batch, turns, dtype=torch.float64)
+    for i in range(batch):
+        for t in range(lengths[i]):
+            others = [to_go[j][t] for j in range(batch) if j != i and ids[j] == ids[i] and mask[j, t]]
+            out[i, t] = to_go[i][t] - (sum(others) / len(others) if others else 0.0)
+    return out.to(turn_rewards.dtype)
 
 
 # ---------------------------------------------------------------- tokens

@@ -47,10 +47,9 @@ def _done(message: str) -> None:
 
 
 def cmd_play(args: argparse.Namespace) -> int:
-    from deltabelief.games import Target
     from deltabelief.policy.policy import Policy
     from deltabelief.rollout import rollout
-    from deltabelief.session import build_game, build_judge
+    from deltabelief.session import build_game, build_judge, build_target
 
     overrides = [f"policy.model={args.model}"] if args.model else []
     overrides += [f"judge.backend={args.judge}"] if args.judge else []
@@ -58,7 +57,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     game = build_game(config)
     judge = build_judge(config.judge, config.game)
     policy = Policy.from_config(config.policy, seed=args.seed)
-    target = Target(id=args.target, task=config.game.task, target=args.target)
+    target = build_target(config.game.task, args.target)
     (trajectory,) = rollout(
         policy, game, judge, [target], n_per_target=1, seed=args.seed, eval_mode=args.eval_mode, progress=False
     )
@@ -72,14 +71,14 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from deltabelief.games import Target, play_moves
-    from deltabelief.session import build_game, build_judge
+    from deltabelief.games import play_moves
+    from deltabelief.session import build_game, build_judge, build_target
 
     overrides = [f"judge.backend={args.judge}"] if args.judge else []
     config = _config(args, overrides)
     game = build_game(config)
     judge = build_judge(config.judge, config.game)
-    state = game.new_state(Target(id=args.target, task=config.game.task, target=args.target))
+    state = game.new_state(build_target(config.game.task, args.target))
     earlier = [q for q in args.history.split("|") if q.strip()] if args.history else []
     for question in earlier:  # replay earlier questions so repeats are detected
         play_moves(game, judge, [state], [question])
@@ -238,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--targets", required=True, help="targets.parquet (the train split is used)")
     p.add_argument("--out", required=True, help="output directory for checkpoints and the final model")
-    p.add_argument("--estimator", choices=["turn_grpo", "grpo", "rloo", "gigpo"], help="credit assignment")
+    p.add_argument("--estimator", choices=["turn_grpo", "grpo", "rloo", "gigpo", "turn_rloo"], help="credit assignment")
     p.add_argument("--model", help="starting model (e.g. the SFT output directory)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.set_defaults(func=cmd_train)

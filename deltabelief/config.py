@@ -145,7 +145,7 @@ class RewardConfig:
 
 @dataclass
 class EstimatorConfig:
-    name: Literal["turn_grpo", "grpo", "rloo", "gigpo"] = "turn_grpo"
+    name: Literal["turn_grpo", "grpo", "rloo", "gigpo", "turn_rloo"] = "turn_grpo"
     include_finished: bool = True
     """turn_grpo: finished rollouts count as zero reward in later turns' group statistics (reference)."""
     norm_by_std: bool = True

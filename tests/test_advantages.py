@@ -108,13 +108,13 @@ def test_to_token_level_runs():
 
 
 def test_registry_levels_options_and_errors(monkeypatch):
-    assert advantages.estimator_names() == ["gigpo", "grpo", "rloo", "turn_grpo"]
+    assert advantages.estimator_names() == ["gigpo", "grpo", "rloo", "turn_grpo", "turn_rloo"]
     assert get_estimator("turn_grpo").level == "turn"
     assert {get_estimator(n).level for n in ("grpo", "rloo", "gigpo")} == {"trajectory"}
     fields = {f.name for f in dataclasses.fields(EstimatorConfig)}
     for name in advantages.estimator_names():
         assert set(get_estimator(name).options) <= fields, name  # options are config field names
-    valid = r"\['gigpo', 'grpo', 'rloo', 'turn_grpo'\]"
+    valid = r"\['gigpo', 'grpo', 'rloo', 'turn_grpo', 'turn_rloo'\]"
     with pytest.raises(KeyError, match=r"unknown estimator 'ppo'; estimators: " + valid):
         get_estimator("ppo")
     monkeypatch.setattr(advantages, "_ESTIMATORS", dict(advantages._ESTIMATORS))

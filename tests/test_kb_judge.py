@@ -147,8 +147,12 @@ def test_unknown_target_raises_pointing_to_llm_judges(judge):
 
 
 def test_other_tasks_are_refused(judge):
+    req = JudgeRequest(task="murder_mystery", target=Target("m1", "murder_mystery", "story"), move="Who did it?")
+    with pytest.raises(ValueError, match="murder_mystery"):
+        judge.answer_batch([req])
+    # Guess My City is answered from the city knowledge base; its targets are 'City, Country'
     req = JudgeRequest(task="guess_my_city", target=Target("c1", "guess_my_city", "paris"), move="Is it in Europe?")
-    with pytest.raises(ValueError, match="guess_my_city"):
+    with pytest.raises(ValueError, match="target 'c1'.*'City, Country'"):
         judge.answer_batch([req])
 
 

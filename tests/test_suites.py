@@ -181,10 +181,11 @@ def test_parse_sources_and_bad_configs(tmp_path):
         evaluate(EvalConfig(budgets=[0, 10]), None, tmp_path)
 
 
-def test_kb_judge_falls_back_to_local_outside_twenty_questions():
+def test_kb_judge_falls_back_to_local_outside_twenty_questions_and_guess_my_city():
     kb = JudgeConfig(backend="kb", model="smollm2")
     assert suite_judge_config(get_suite("twenty_questions"), kb) is kb
-    assert suite_judge_config(get_suite("guess_my_city"), kb) == JudgeConfig(backend="local", model="smollm2")
+    assert suite_judge_config(get_suite("guess_my_city"), kb) is kb  # the city knowledge base answers it
+    assert suite_judge_config(get_suite("murder_mystery"), kb) == JudgeConfig(backend="local", model="smollm2")
     openai = JudgeConfig(backend="openai")
     assert suite_judge_config(get_suite("murder_mystery"), openai) is openai
 

@@ -40,6 +40,7 @@ import functools
 import logging
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
@@ -109,14 +110,20 @@ class ParsedMove:
     """Why the move is unanswerable (no match, ambiguous: which ones, negated, ...)."""
 
 
+def fold_accents(text: str) -> str:
+    """Lower case without accents: 'São Paulo' -> 'sao paulo' (city names are asked both ways)."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def tokens(text: str) -> Tokens:
-    """Lower case, words only, articles dropped: 'Is it an Animal?' -> ('is', 'it', 'animal')."""
-    return tuple(w for w in _WORD.findall(text.lower()) if w not in ARTICLES)
+    """Lower case, accents and articles dropped, words only: 'Is it an Animal?' -> ('is', 'it', 'animal')."""
+    return tuple(w for w in _WORD.findall(fold_accents(text)) if w not in ARTICLES)
 
 
 def normalize_name(text: str) -> str:
-    """'Ice-Cream' -> 'ice cream': the form names are stored and compared in."""
-    return " ".join(_WORD.findall(text.lower()))
+    """'Ice-Cream' -> 'ice cream', 'Bogotá' -> 'bogota': the form names are stored and compared in."""
+    return " ".join(_WORD.findall(fold_accents(text)))
 
 
 class KnowledgeBase:
@@ -136,6 +143,7 @@ class KnowledgeBase:
         groups: dict[str, frozenset[str]],
         articles: dict[str, str],
         source: str = "<memory>",
+        guess_openings: Sequence[str] = (),
     ):
         self.nouns: list[str] = list(paths)
         self.predicates: list[Predicate] = list(predicates)
@@ -156,6 +164,9 @@ class KnowledgeBase:
                     owners.append(p.name)
         self._max_phrase = max((len(t) for t in self._phrases), default=0)
         self._parse_cache: dict[str, ParsedMove] = {}
+        self._extra_openings = tuple(guess_openings)
+        extra = {tokens(text) for text in guess_openings}
+        self._openings = tuple(sorted(set(GUESS_OPENINGS) | extra, key=len, reverse=True))
 
     # ------------------------------------------------------------ lookups
 
@@ -217,6 +228,7 @@ class KnowledgeBase:
             self._groups,
             self._articles,
             source=f"{self.source} (subset of {len(keep)})",
+            guess_openings=self._extra_openings,
         )
 
     # ------------------------------------------------------------ parsing
@@ -264,7 +276,7 @@ class KnowledgeBase:
             words.pop()
         if tuple(words) in self._name_tokens:
             return self._name_tokens[tuple(words)]
-        for opening in GUESS_OPENINGS:
+        for opening in self._openings:
             if tuple(words[: len(opening)]) == opening:
                 rest = tuple(words[len(opening) :])
                 if rest in self._name_tokens:
@@ -385,8 +397,11 @@ PREDICATE_KEYS = frozenset(
 )
 
 
-def build_knowledge_base(raw: Any, source: str = "<memory>") -> KnowledgeBase:
-    """Validate parsed YAML and build the KB; raise one error listing every broken rule."""
+def build_knowledge_base(raw: Any, source: str = "<memory>", guess_openings: Sequence[str] = ()) -> KnowledgeBase:
+    """Validate parsed YAML and build the KB; raise one error listing every broken rule.
+
+    ``guess_openings``: guess openings besides the built-in ones ("is your city", for cities).
+    """
     if not isinstance(raw, dict) or not TOP_KEYS >= set(raw):
         extra = sorted(set(raw) - TOP_KEYS) if isinstance(raw, dict) else "not a mapping"
         raise KnowledgeBaseError(f"{source}: top level must be a mapping with keys {sorted(TOP_KEYS)}; got {extra}")
@@ -403,7 +418,7 @@ def build_knowledge_base(raw: Any, source: str = "<memory>") -> KnowledgeBase:
         Predicate(s["name"], s["phrasings"], s["question"], "category" if "category" in s else "property")
         for s in specs
     ]
-    kb = KnowledgeBase(paths, predicates, truth, names, groups, articles, source)
+    kb = KnowledgeBase(paths, predicates, truth, names, groups, articles, source, guess_openings)
     _check_reachable(kb, errors)
     _check_distinguishable(kb, errors)
     _raise_if(errors, source)

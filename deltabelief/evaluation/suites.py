@@ -5,14 +5,15 @@ User Personalization has no success: its final answers are rated 1-10 after each
 Targets come from a source string (``EvalConfig.sources`` entries ``suite=SOURCE``):
 
 - ``examples``: the project's own small examples (``deltabelief/data/builtin/examples``);
+- ``kb`` for ``guess_my_city``: every city of the city knowledge base (``deltabelief.data.cities``);
 - ``kb``, ``words:PATH``, ``reference:PATH``, ``paprika:PATH``: read with
   :func:`deltabelief.data.targets.build_targets`; the ``test`` split is used (when the
   source has no test targets, its own split is used and the report says which);
 - ``stargate:DIR``: STaR-GATE persona × task pairs (User Personalization).
 
-Judges: every suite runs with any judge backend. The knowledge-base judge only knows
-Twenty Questions, so with ``judge.backend = 'kb'`` the other suites use the ``local``
-judge (same config otherwise): that is the CPU default.
+Judges: every suite runs with any judge backend. The knowledge-base judge knows Twenty
+Questions and Guess My City (its targets must be cities of the city knowledge base), so with
+``judge.backend = 'kb'`` the other suites use the ``local`` judge (same config otherwise).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ SUITES: dict[str, SuiteSpec] = {
     spec.name: spec
     for spec in (
         SuiteSpec("twenty_questions", "twenty_questions", "kb", beliefs=True, needs_llm_judge=False),
-        SuiteSpec("guess_my_city", "guess_my_city", "examples"),
+        SuiteSpec("guess_my_city", "guess_my_city", "examples", needs_llm_judge=False),
         SuiteSpec("murder_mystery", "murder_mystery", "examples"),
         SuiteSpec("customer_service", "customer_service", "examples"),
         SuiteSpec("personalization", "personalization", "examples", rated=True),
@@ -145,6 +146,10 @@ def load_suite_targets(
     """
     if source == "examples":
         targets, split = load_examples(spec.game), "examples"
+    elif source == "kb" and spec.game == "guess_my_city":
+        from deltabelief.data.cities import city_targets
+
+        targets, split = city_targets(), "kb"
     elif source.startswith("stargate:"):
         if not spec.rated:
             raise ValueError(f"source {source!r} holds personalization pairs, not {spec.name} targets")

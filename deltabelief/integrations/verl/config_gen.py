@@ -56,7 +56,7 @@ AGENT_LOOP_NAME = "deltabelief_game"
 AGENT_LOOP_TARGET = "deltabelief.integrations.verl.agent_loop.DeltaBeliefGameLoop"
 ESTIMATOR_PREFIX = "delta_belief_"
 """Our estimators are registered with verl as ``delta_belief_<name>`` (``delta_belief_turn_grpo``)."""
-VERL_ESTIMATORS = ("turn_grpo", "grpo", "rloo")
+VERL_ESTIMATORS = ("turn_grpo", "grpo", "rloo", "turn_rloo")
 """Estimators available on the verl backend (GiGPO needs step states the agent loop does not record)."""
 JUDGE_BACKENDS = ("kb", "openai", "scripted")
 """Judges an agent-loop worker may use ('local' would load a model into every CPU worker)."""

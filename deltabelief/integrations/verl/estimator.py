@@ -8,7 +8,8 @@ last token of the policy's t-th message (the t-th contiguous run of 1s in ``resp
 estimator from :mod:`deltabelief.advantages` and spreads the per-turn advantages over each turn's
 tokens with :func:`deltabelief.advantages.to_token_level`; nothing is re-implemented.
 
-Registered names: ``delta_belief_turn_grpo`` (ΔBelief-RL's turn-wise GRPO), ``delta_belief_grpo``
+Registered names: ``delta_belief_turn_grpo`` (ΔBelief-RL's turn-wise GRPO), ``delta_belief_turn_rloo``
+(its unbiased variant: reward-to-go with a leave-one-out baseline per turn index), ``delta_belief_grpo``
 and ``delta_belief_rloo`` (trajectory-level baselines through the same path).
 
 Options: with ``config=None`` every option takes its ``EstimatorConfig`` default (the reference's
