@@ -67,6 +67,9 @@ class PolicyConfig:
     keep_kv_cache: bool = True
     """Rollouts keep each game's KV cache between turns, so a turn only runs its new tokens
     (same samples up to float rounding; memory grows with games x conversation length)."""
+    num_threads: int = 0
+    """torch CPU threads; 0: before each step use the cores other processes left idle during the
+    last one (deltabelief/threads.py)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

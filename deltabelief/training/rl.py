@@ -50,6 +50,7 @@ from deltabelief.belief import delta_beliefs, score_beliefs
 from deltabelief.config import Config, ConfigError, config_to_dict
 from deltabelief.games.base import Target
 from deltabelief.rewards import turn_rewards
+from deltabelief.threads import ThreadFitter
 from deltabelief.training import metrics as M
 from deltabelief.training.checkpoints import (
     TrainerState, capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint,
@@ -198,6 +199,7 @@ class RLTrainer:
         self.out_dir = Path(out_dir)
         self.log_fn = log_fn
         self.progress = progress
+        self.threads = ThreadFitter(config.policy.num_threads)
         self.start_step = 0
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None
@@ -290,6 +292,7 @@ class RLTrainer:
 
         c = self.config
         seconds: dict[str, float] = {}
+        threads = self.threads.fit()
         began = tick = time.perf_counter()
         targets = targets_for_step(self.targets, step, c.train.targets_per_step, c.train.seed)
         trajectories, rollout_stats = rollout_with_stats(
@@ -311,7 +314,7 @@ class RLTrainer:
         return {
             **M.rollout_metrics(trajectories), **score_metrics, **rollout_stats.metrics(), **info,
             **M.loss_metrics(stats, grad_norms, self.scheduler.get_last_lr()[0], old_gap),
-            **M.perf_metrics(seconds, rollout_stats.policy_tokens, trained),
+            **M.perf_metrics(seconds, rollout_stats.policy_tokens, trained), "perf/threads": float(threads),
         }
 
     def score(self, trajectories: list[Trajectory],

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from deltabelief.config import Config, OptimConfig, SFTConfig
 from deltabelief.policy.chat import ChatTemplateError, encode, render
 from deltabelief.training.logprobs import right_pad, token_logprobs
+from deltabelief.threads import ThreadFitter
 from deltabelief.training.optim import build_optimizer
 from deltabelief.training.prefix_tree import collate_rows, pack_prefix_trees, tree_nll_sum
 
@@ -175,6 +176,7 @@ def train_sft(
     *,
     progress: bool = True,
     log_fn: Callable[[dict, int], None] | None = None,
+    num_threads: int = 0,
 ) -> SFTResult:
     """Fine-tune ``model`` in place on the assistant tokens of ``conversations``."""
     examples = [build_example(tokenizer, c, sft.max_length, f"conversation {i}") for i, c in enumerate(conversations)]
@@ -192,9 +194,11 @@ def train_sft(
     result = SFTResult(None, num_examples=len(examples), num_truncated=num_truncated,
                        num_trained_tokens=sum(sum(e.loss_mask) for e in examples))
     model.train()
+    threads = ThreadFitter(num_threads)
     bar = tqdm(total=sft.epochs * steps_per_epoch, desc="sft", disable=not progress)
     for epoch in range(sft.epochs):
         for batch in _epoch_batches(examples, sft, epoch):
+            threads.fit()
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             if sft.packing == "prefix_tree":
@@ -231,7 +235,7 @@ def warm_start(config: Config, trajectories: str | Path, out_dir: str | Path, *,
     if config.sft.enabled:
         conversations = load_conversations(trajectories, config.sft.split)
         result = train_sft(policy.model, policy.tokenizer, conversations, config.sft, config.optim,
-                           progress=progress, log_fn=log_fn)
+                           progress=progress, log_fn=log_fn, num_threads=config.policy.num_threads)
     else:
         log.info("sft.enabled is false: saving %s unchanged", config.policy.model)
     result.model_dir = policy.save(out_dir / "model")
