@@ -38,6 +38,23 @@ def _add_config_args(parser: argparse.ArgumentParser, default: str | None = "cpu
     )
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
 def _done(message: str) -> None:
     """Every command ends with one line saying where its outputs went."""
     print(message)
@@ -177,9 +194,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deltabelief.serving.openai_server import serve
+    from deltabelief.serving.openai_server import API_KEY_ENV, ServeLimits, serve
 
-    serve(args.model, host=args.host, port=args.port, on_ready=lambda url: print(f"serving {args.model} at {url}"))
+    limits = ServeLimits(max_queue=args.max_queue, queue_timeout_s=args.queue_timeout,
+                         generation_timeout_s=args.generation_timeout)
+    try:
+        serve(args.model, host=args.host, port=args.port, limits=limits, api_key_env=args.api_key_env or API_KEY_ENV,
+              on_ready=lambda url: print(f"serving {args.model} at {url}"))
+    except ValueError as err:  # a refused bind names the variable to set
+        print(f"serve: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -265,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2", help="model spec (default: smollm2)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key-env", metavar="NAME",
+                   help="environment variable holding the API key clients must send as 'Authorization: Bearer KEY' "
+                        "(default: DELTABELIEF_SERVE_API_KEY); without a key only loopback may be bound")
+    p.add_argument("--max-queue", type=_at_least(0), default=16, help="requests that may wait for the model (default: 16)")
+    p.add_argument("--queue-timeout", type=_positive_seconds, default=120.0,
+                   help="seconds a request may wait for the model before HTTP 503 (default: 120)")
+    p.add_argument("--generation-timeout", type=_positive_seconds, default=120.0,
+                   help="seconds one generation may run before it is stopped with HTTP 503 (default: 120)")
     p.set_defaults(func=cmd_serve)
     return parser
 
