@@ -112,7 +112,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from deltabelief.data.synthesis import synthesize
+    from deltabelief.data.synthesis import SynthesisError, synthesize
 
     overrides = [f"data.source={args.source}"] if args.source else []
     overrides += [f"data.task={args.task}"] if args.task else []
@@ -122,7 +122,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     overrides += [f"data.num_games={args.games}"] if args.games is not None else []
     overrides += ["data.only_solved=true"] if args.only_solved else []
     config = _config(args, overrides)
-    result = synthesize(config.data, config.game, Path(args.out))
+    try:
+        result = synthesize(config.data, config.game, Path(args.out))
+    except SynthesisError as err:  # an empty result or a foreign --out: one line, the folder left as it was
+        print(f"synth: {err}", file=sys.stderr)
+        return 1
     for line in result.summary_lines():
         print(line)
     paths = [str(p) for p in (result.targets_path, result.trajectories_path, result.report_path) if p]
