@@ -160,11 +160,16 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from deltabelief.training.rl import run_rl
+    from deltabelief.training.run_dir import RunDirError
 
     overrides = [f"estimator.name={args.estimator}"] if args.estimator else []
     overrides += [f"policy.model={args.model}"] if args.model else []
     config = _config(args, overrides)
-    result = run_rl(config, args.targets, Path(args.out), resume=args.resume)
+    try:
+        result = run_rl(config, args.targets, Path(args.out), resume=args.resume)
+    except RunDirError as err:  # another run's directory or checkpoint: one line, nothing written
+        print(f"train: {err}", file=sys.stderr)
+        return 1
     _done(f"trained model and checkpoints in {result.output_dir}")
     return 0
 

@@ -59,7 +59,8 @@ SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.manual_seed and OpenAI clients 
 API_KEY_ENV = "DELTABELIEF_SERVE_API_KEY"
 """The environment variable `deltabelief serve` reads its API key from (``--api-key-env`` names another)."""
 LISTEN_BACKLOG = 128
-"""Connections the kernel holds before they are accepted (the stdlib default of 5 reset bursts of clients)."""
+"""Connections the kernel holds before they are accepted; with the stdlib default of 5, clients past the sixth
+are left unconnected (or reset) while the accept loop is held up."""
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,16 @@ from deltabelief.config import Config, config_to_dict, flatten
 
 log = logging.getLogger(__name__)
 
+
+class RunDirError(ValueError):
+    """A run directory, or a checkpoint in it, belongs to another run."""
+
 RUN_FILE = "run.json"
 RUN_ARTIFACTS = ("checkpoints", "model", "metrics.jsonl")
 """What a run writes besides run.json; finding one of them without run.json means an unknown run."""
 IDENTITY_SECTIONS = ("policy", "game", "judge", "belief", "reward", "estimator", "ppo", "optim", "train")
+
+
 NOT_IDENTITY = frozenset(
     {"train.num_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.num_logged_samples",
      "train.output_dir"}
@@ -52,7 +58,7 @@ def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> l
 
 
 def claim_run_dir(out_dir: Path, identity: dict[str, Any], resume: bool) -> None:
-    """Create ``out_dir`` for this run, or refuse (ValueError) when it holds another run.
+    """Create ``out_dir`` for this run, or refuse (:class:`RunDirError`) when it holds another run.
 
     The same run may start over (no ``resume``) or continue (``resume``); a different
     run, or an unidentified one without ``resume``, is refused with what differs.
@@ -63,15 +69,15 @@ def claim_run_dir(out_dir: Path, identity: dict[str, Any], resume: bool) -> None
         recorded = json.loads(run_file.read_text())
         differences = identity_differences(recorded, identity)
         if differences and resume:
-            raise ValueError(f"{out_dir} belongs to another run ({'; '.join(differences)}): --resume continues only "
+            raise RunDirError(f"{out_dir} belongs to another run ({'; '.join(differences)}): --resume continues only "
                              f"the run recorded in {run_file}. Choose a new --out for this one.")
         if differences:
-            raise ValueError(f"{out_dir} already holds another run ({'; '.join(differences)}; recorded in {run_file}). "
+            raise RunDirError(f"{out_dir} already holds another run ({'; '.join(differences)}; recorded in {run_file}). "
                              f"Choose a new --out, or delete {out_dir} to replace that run.")
         return
     found = [name for name in RUN_ARTIFACTS if (out_dir / name).exists()]
     if found and not resume:
-        raise ValueError(
+        raise RunDirError(
             f"{out_dir} already holds {', '.join(found)} of a run that recorded no {RUN_FILE}; refusing to overwrite "
             f"it. Choose a new --out, pass --resume to continue that run, or delete {out_dir}."
         )
@@ -82,10 +88,10 @@ def claim_run_dir(out_dir: Path, identity: dict[str, Any], resume: bool) -> None
 
 
 def check_checkpoint_identity(path: Path, recorded: dict[str, Any] | None, identity: dict[str, Any]) -> None:
-    """Refuse (ValueError) to resume from a checkpoint another run wrote."""
+    """Refuse (:class:`RunDirError`) to resume from a checkpoint another run wrote."""
     if recorded is None:
         log.warning("%s records no run identity (written before checkpoints did); resuming from it", path)
         return
     differences = identity_differences(recorded, identity)
     if differences:
-        raise ValueError(f"{path} was written by another run ({'; '.join(differences)}); --resume refuses it")
+        raise RunDirError(f"{path} was written by another run ({'; '.join(differences)}); --resume refuses it")
