@@ -25,12 +25,11 @@ log = logging.getLogger(__name__)
 class RunDirError(ValueError):
     """A run directory, or a checkpoint in it, belongs to another run."""
 
+
 RUN_FILE = "run.json"
 RUN_ARTIFACTS = ("checkpoints", "model", "metrics.jsonl")
 """What a run writes besides run.json; finding one of them without run.json means an unknown run."""
 IDENTITY_SECTIONS = ("policy", "game", "judge", "belief", "reward", "estimator", "ppo", "optim", "train")
-
-
 NOT_IDENTITY = frozenset(
     {"train.num_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.num_logged_samples",
      "train.output_dir"}
