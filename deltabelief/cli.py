@@ -38,6 +38,23 @@ def _add_config_args(parser: argparse.ArgumentParser, default: str | None = "cpu
     )
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
 def _done(message: str) -> None:
     """Every command ends with one line saying where its outputs went."""
     print(message)
@@ -94,7 +111,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from deltabelief.data.synthesis import synthesize
+    from deltabelief.data.synthesis import SynthesisError, synthesize
 
     overrides = [f"data.source={args.source}"] if args.source else []
     overrides += [f"data.task={args.task}"] if args.task else []
@@ -104,7 +121,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     overrides += [f"data.num_games={args.games}"] if args.games is not None else []
     overrides += ["data.only_solved=true"] if args.only_solved else []
     config = _config(args, overrides)
-    result = synthesize(config.data, config.game, Path(args.out))
+    try:
+        result = synthesize(config.data, config.game, Path(args.out))
+    except SynthesisError as err:  # an empty result or a foreign --out: one line, the folder left as it was
+        print(f"synth: {err}", file=sys.stderr)
+        return 1
     for line in result.summary_lines():
         print(line)
     paths = [str(p) for p in (result.targets_path, result.trajectories_path, result.report_path) if p]
@@ -138,11 +159,16 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from deltabelief.training.rl import run_rl
+    from deltabelief.training.run_dir import RunDirError
 
     overrides = [f"estimator.name={args.estimator}"] if args.estimator else []
     overrides += [f"policy.model={args.model}"] if args.model else []
     config = _config(args, overrides)
-    result = run_rl(config, args.targets, Path(args.out), resume=args.resume)
+    try:
+        result = run_rl(config, args.targets, Path(args.out), resume=args.resume)
+    except RunDirError as err:  # another run's directory or checkpoint: one line, nothing written
+        print(f"train: {err}", file=sys.stderr)
+        return 1
     _done(f"trained model and checkpoints in {result.output_dir}")
     return 0
 
@@ -176,9 +202,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deltabelief.serving.openai_server import serve
+    from deltabelief.serving.openai_server import API_KEY_ENV, ServeLimits, serve
 
-    serve(args.model, host=args.host, port=args.port, on_ready=lambda url: print(f"serving {args.model} at {url}"))
+    limits = ServeLimits(max_queue=args.max_queue, queue_timeout_s=args.queue_timeout,
+                         generation_timeout_s=args.generation_timeout)
+    try:
+        serve(args.model, host=args.host, port=args.port, limits=limits, api_key_env=args.api_key_env or API_KEY_ENV,
+              on_ready=lambda url: print(f"serving {args.model} at {url}"))
+    except ValueError as err:  # a refused bind names the variable to set
+        print(f"serve: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -264,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2", help="model spec (default: smollm2)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key-env", metavar="NAME",
+                   help="environment variable holding the API key clients must send as 'Authorization: Bearer KEY' "
+                        "(default: DELTABELIEF_SERVE_API_KEY); without a key only loopback may be bound")
+    p.add_argument("--max-queue", type=_at_least(0), default=16, help="requests that may wait for the model (default: 16)")
+    p.add_argument("--queue-timeout", type=_positive_seconds, default=120.0,
+                   help="seconds a request may wait for the model before HTTP 503 (default: 120)")
+    p.add_argument("--generation-timeout", type=_positive_seconds, default=120.0,
+                   help="seconds one generation may run before it is stopped with HTTP 503 (default: 120)")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -327,6 +328,117 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
+# ---------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field may take: ``low``/``high`` bounds (``None``: unbounded), each closed or open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+COUNT = Range(1)
+"""Counts, sizes, token budgets and turn budgets: at least 1."""
+NON_NEGATIVE = Range(0)
+"""Counts where 0 means 'none' or 'all' (documented on the field), penalties' magnitudes, seconds to wait."""
+POSITIVE = Range(0, low_open=True)
+PROBABILITY = Range(0, 1)
+NUCLEUS = Range(0, 1, low_open=True)
+"""top-p and memory fractions: 0 would keep nothing."""
+FRACTION_BELOW_ONE = Range(0, 1, high_open=True)
+
+# Rules by section type, so a section used twice (``judge`` and ``eval.judge``) is checked the
+# same way. A list field's rule applies to each of its items.
+RANGES: dict[type, dict[str, Range]] = {
+    PolicyConfig: {
+        "max_new_tokens": COUNT, "temperature": NON_NEGATIVE, "top_p": NUCLEUS, "top_k": NON_NEGATIVE,
+        "eval_temperature": NON_NEGATIVE, "eval_top_p": NUCLEUS, "eval_top_k": NON_NEGATIVE, "batch_size": COUNT,
+        "num_threads": NON_NEGATIVE,
+    },
+    LoraConfig: {"r": COUNT, "alpha": POSITIVE, "dropout": FRACTION_BELOW_ONE},
+    GameConfig: {"max_turns": COUNT, "min_question_chars": NON_NEGATIVE, "max_question_chars": COUNT},
+    JudgeConfig: {
+        "timeout_s": POSITIVE, "max_retries": NON_NEGATIVE, "backoff_s": NON_NEGATIVE, "temperature": NON_NEGATIVE,
+        "max_tokens": COUNT, "batch_size": COUNT, "max_concurrency": COUNT,
+    },
+    DataConfig: {"split": PROBABILITY, "num_games": COUNT, "noise_epsilon": PROBABILITY, "guess_below": COUNT},
+    BeliefConfig: {"batch_size": COUNT},
+    RewardConfig: {"belief_reward_weight": NON_NEGATIVE},
+    EstimatorConfig: {"eps": POSITIVE, "gigpo_gamma": PROBABILITY, "gigpo_omega": NON_NEGATIVE},
+    PPOConfig: {
+        "clip_low": FRACTION_BELOW_ONE, "clip_high": NON_NEGATIVE, "dual_clip": Range(1, low_open=True),
+        "ppo_epochs": COUNT, "mini_batch_size": COUNT, "micro_batch_size": COUNT,
+    },
+    OptimConfig: {
+        "lr": POSITIVE, "betas": FRACTION_BELOW_ONE, "weight_decay": NON_NEGATIVE, "grad_clip": POSITIVE,
+        "warmup_steps": NON_NEGATIVE,
+    },
+    SFTConfig: {"epochs": COUNT, "lr": POSITIVE, "batch_size": COUNT, "max_length": COUNT, "micro_batch_size": NON_NEGATIVE,
+                "max_row_tokens": COUNT},
+    TrainConfig: {
+        "num_steps": COUNT, "targets_per_step": COUNT, "rollouts_per_target": COUNT, "checkpoint_every": COUNT,
+        "keep_checkpoints": NON_NEGATIVE, "num_logged_samples": NON_NEGATIVE,
+    },
+    CalibrationConfig: {
+        "num_trajectories": NON_NEGATIVE, "num_candidates": NON_NEGATIVE, "num_bins": COUNT, "max_packed_tokens": COUNT,
+    },
+    EvalConfig: {
+        "k": COUNT, "budgets": COUNT, "num_targets": NON_NEGATIVE, "personalization_turns": NON_NEGATIVE,
+        "answer_max_new_tokens": COUNT,
+    },
+    ClusterConfig: {
+        "num_nodes": COUNT, "gpus_per_node": COUNT, "judge_gpus": NON_NEGATIVE, "rollout_tensor_parallel": COUNT,
+        "gpu_memory_utilization": NUCLEUS, "max_prompt_tokens": COUNT, "observation_token_reserve": NON_NEGATIVE,
+        "belief_chunk_size": COUNT, "agent_loop_workers": COUNT,
+    },
+}
+
+
+def _range_violations(section: Any, where: str) -> list[str]:
+    problems = []
+    rules = RANGES.get(type(section), {})
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        key = f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            problems += _range_violations(value, f"{key}.")
+        elif f.name in rules:
+            items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+            for i, item in items:
+                if not rules[f.name].holds(item):
+                    problems.append(f"{key if i is None else f'{key}[{i}]'} = {item!r} must be {rules[f.name]}")
+    return problems
+
+
+def check_ranges(config: Config) -> Config:
+    """Refuse values that make no sense (a negative step count, a probability above 1), naming each one."""
+    problems = _range_violations(config, "")
+    game = config.game
+    if game.max_question_chars < game.min_question_chars:
+        problems.append(f"game.max_question_chars = {game.max_question_chars} must be >= "
+                        f"game.min_question_chars = {game.min_question_chars}")
+    if problems:
+        raise ConfigError("value(s) out of range: " + "; ".join(problems))
+    return config
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -436,18 +548,20 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple[s
     values: dict = {}
     if preset:
         path = resolve_preset(preset)
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is None:  # an empty file would silently mean "all defaults"
+            raise ConfigError(f"{path}: the preset file is empty; write at least one section, e.g. 'train: {{num_steps: 5}}'")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a preset must be a mapping of sections")
         values = loaded
     for text in overrides:
         values = _merge(values, parse_override(text))
-    return _build(Config, values)
+    return check_ranges(_build(Config, values))
 
 
 def config_from_dict(values: dict) -> Config:
     """A :class:`Config` from a nested mapping (e.g. ``config_to_dict`` output), checked like a preset."""
-    return _build(Config, values)
+    return check_ranges(_build(Config, values))
 
 
 def override(config: Config, values: dict[str, Any]) -> Config:
@@ -462,7 +576,7 @@ def override(config: Config, values: dict[str, Any]) -> Config:
             node = node[part]
         node[parts[-1]] = value
         merged = _merge(merged, node_root)
-    return _build(Config, merged)
+    return check_ranges(_build(Config, merged))
 
 
 def config_to_dict(config: Any) -> dict:

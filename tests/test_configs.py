@@ -94,3 +94,41 @@ def test_wrong_type_is_refused_with_the_field_name(tmp_path):
 def test_overrides_apply_on_top_of_a_preset():
     config = load_config("cpu", ["estimator.name=gigpo", "train.num_steps=2", "optim.lr=0.0001"])
     assert (config.estimator.name, config.train.num_steps, config.optim.lr) == ("gigpo", 2, 0.0001)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.num_steps=-5"], r"train\.num_steps = -5 must be >= 1"),
+        (["train.num_steps=0"], r"train\.num_steps = 0 must be >= 1"),
+        (["policy.top_p=1.5"], r"policy\.top_p = 1\.5 must be in \(0, 1\]"),
+        (["data.noise_epsilon=-0.1"], r"data\.noise_epsilon = -0\.1 must be in \[0, 1\]"),
+        (["eval.budgets=[10, 0]"], r"eval\.budgets\[1\] = 0 must be >= 1"),
+        (["game.max_turns=0"], r"game\.max_turns = 0 must be >= 1"),
+        (["eval.judge.timeout_s=0"], r"eval\.judge\.timeout_s = 0\.0 must be > 0"),  # a section used twice
+        (["optim.lr=.nan"], r"optim\.lr = nan must be > 0"),
+        (["ppo.dual_clip=1"], r"ppo\.dual_clip = 1\.0 must be > 1"),
+        (["game.min_question_chars=50", "game.max_question_chars=10"], r"max_question_chars = 10 must be >= "),
+    ],
+)
+def test_values_out_of_range_are_refused_naming_key_value_and_rule(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", overrides)
+
+
+def test_every_range_violation_is_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(_preset_file(tmp_path, "train:\n  num_steps: -1\n  rollouts_per_target: 0\n"))
+    assert "train.num_steps = -1" in str(caught.value) and "train.rollouts_per_target = 0" in str(caught.value)
+
+
+def test_zero_is_accepted_where_the_field_gives_it_a_meaning():
+    config = load_config("tiny", ["train.keep_checkpoints=0", "eval.num_targets=0", "policy.top_k=0"])
+    assert (config.train.keep_checkpoints, config.eval.num_targets, config.policy.top_k) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n"])
+def test_an_empty_preset_file_is_refused_naming_the_file(tmp_path, text):
+    path = _preset_file(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"{path}: the preset file is empty"):
+        load_config(path)

@@ -89,6 +89,9 @@ def _plant(kind: str, fault: str, rows: list[dict]) -> tuple[list[dict], str]:
     if fault == "empty target":
         rows[0]["target"] = ""
         return rows, rows[0][key]
+    if fault == "target of 2001 characters":
+        rows[0]["target"] = "a" * 2001
+        return rows, rows[0][key]
     if fault == "status 'maybe'":
         if kind == "eval":
             rows[1]["last_status"] = "maybe"
@@ -115,6 +118,7 @@ FAULTS = [
     ("targets", "duplicate id", "unique ids"),
     ("targets", "target in two splits", "disjoint splits"),
     ("targets", "empty target", "non-empty target"),
+    ("targets", "target of 2001 characters", "target at most 2000 characters"),
     ("targets", "roles do not alternate", "roles alternate"),
     ("trajectories", "duplicate id", "unique ids"),
     ("trajectories", "target in two splits", "disjoint splits"),

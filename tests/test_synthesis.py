@@ -176,16 +176,16 @@ def test_greedy_trajectories_schema_and_exact_posterior(tmp_path, small_nouns):
 
 
 def test_only_solved_rejects_unfinished_games(tmp_path, small_nouns):
-    # ε = 1: random predicate questions only, never a guess, so with 3 turns no game is finished
-    # unless a question happens to name its target; rejection sampling keeps only finished ones.
-    data = DataConfig(source="kb", teacher="noisy", noise_epsilon=1.0, num_games=12, only_solved=True)
+    # ε = 0.5 and 3 turns: half the questions random, too few turns to pin down one of 10 nouns
+    # every time, so some games end unfinished; rejection sampling keeps only finished ones.
+    data = DataConfig(source="kb", teacher="noisy", noise_epsilon=0.5, num_games=12, only_solved=True)
     result = synthesize(data, GameConfig(kb_nouns=small_nouns, max_turns=3), tmp_path)
     teacher = result.report["teacher"]
     frame = pd.read_parquet(result.trajectories_path)
     assert teacher["games_played"] == 12
     assert teacher["games_kept"] == len(frame) == 12 - teacher["games_rejected"]
-    assert teacher["games_rejected"] > 0
-    assert frame["solved"].all() if len(frame) else True
+    assert teacher["games_rejected"] > 0 and teacher["games_kept"] > 0
+    assert frame["solved"].all()
 
 
 def test_build_targets_rejects_kb_for_other_tasks():
@@ -206,3 +206,77 @@ def test_teacher_schedule_reaches_held_out_targets_with_fewer_games_than_train_t
     assert {split_of[t.id] for t in held_out} == {"val", "test"}
     assert 5 <= len(held_out) <= 40  # about 20 expected at 20% held out
     assert schedule_targets(table.targets, 100, seed=0) == scheduled
+
+
+# ---------------------------------------------------------------- one set, written atomically
+
+
+def _good_set(out: Path, nouns: list[str]) -> dict[str, bytes]:
+    synthesize(DataConfig(source="kb", teacher="greedy", num_games=4), GameConfig(kb_nouns=nouns), out)
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def _empty_reference(tmp_path: Path) -> Path:
+    path = tmp_path / "EMPTY.parquet"
+    pd.DataFrame(columns=["data_source", "id", "golden_answers", "prompt", "reward_model", "extra_info"]).to_parquet(path)
+    return path
+
+
+def test_an_empty_source_is_refused_and_the_good_set_is_kept(tmp_path, small_nouns):
+    from deltabelief.data.synthesis import SynthesisError
+
+    out = tmp_path / "data"
+    before = _good_set(out, small_nouns)
+    data = DataConfig(source=f"reference:{_empty_reference(tmp_path)}", teacher="none")
+    with pytest.raises(SynthesisError, match=r"EMPTY\.parquet' gave no targets \(0 records read\); nothing was written"):
+        synthesize(data, GameConfig(), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["EMPTY.parquet", "data"]  # no staging left behind
+
+
+def test_no_kept_teacher_game_is_an_empty_result(tmp_path, small_nouns):
+    from deltabelief.data.synthesis import SynthesisError
+
+    data = DataConfig(source="kb", teacher="noisy", noise_epsilon=1.0, num_games=1, only_solved=True)
+    with pytest.raises(SynthesisError, match=r"no teacher game was kept \(1 played, only_solved=True\)"):
+        synthesize(data, GameConfig(kb_nouns=small_nouns, max_turns=1), tmp_path / "data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_half_way_leaves_no_half_set_and_no_new_folders(tmp_path, small_nouns, monkeypatch):
+    import deltabelief.data.synthesis as synthesis
+
+    out = tmp_path / "data"
+    before = _good_set(out, small_nouns)
+    real = synthesis.write_parquet
+
+    def fail_on_trajectories(frame, path, kind):
+        if kind == "trajectories":
+            raise OSError("disk full")
+        real(frame, path, kind)
+
+    monkeypatch.setattr(synthesis, "write_parquet", fail_on_trajectories)
+    data = DataConfig(source="kb", teacher="greedy", num_games=2, seed=5)
+    with pytest.raises(OSError, match="disk full"):
+        synthesize(data, GameConfig(kb_nouns=small_nouns), out)  # targets.parquet was written, then this
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole
+    with pytest.raises(OSError, match="disk full"):
+        synthesize(data, GameConfig(kb_nouns=small_nouns), tmp_path / "new" / "deeper" / "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # neither staging nor empty new folders
+
+
+def test_a_new_set_replaces_the_old_one_whole(tmp_path, small_nouns):
+    out = tmp_path / "data"
+    _good_set(out, small_nouns)
+    (out / "targets.validation.json").write_text("{}")  # a report about the old targets
+    synthesize(DataConfig(source="kb", teacher="none"), GameConfig(kb_nouns=small_nouns), out)
+    assert sorted(p.name for p in out.iterdir()) == ["synthesis.json", "targets.parquet"]
+
+
+def test_an_out_dir_holding_other_files_is_refused(tmp_path, small_nouns):
+    from deltabelief.data.synthesis import SynthesisError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SynthesisError, match=r"holds files a synthesis did not write \(notes\.txt\)"):
+        synthesize(DataConfig(source="kb", teacher="none"), GameConfig(kb_nouns=small_nouns), tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

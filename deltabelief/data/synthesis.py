@@ -6,6 +6,13 @@ Outputs in ``out_dir``:
 - ``trajectories.parquet``  when ``data.teacher`` is not 'none' and the source is the knowledge base;
 - ``synthesis.json``        the report: counts per split, duplicates, teacher statistics.
 
+The files are written as one set: into a staging directory beside ``out_dir``, which
+replaces ``out_dir`` only once every file is written. A failure (or an empty result,
+which is refused) leaves ``out_dir`` as it was, and no staging or newly made empty
+folders behind. ``out_dir`` may hold only what a synthesis writes
+(:data:`SYNTHESIS_FILES` and their ``*.validation.json`` reports), so replacing it
+never deletes anything else.
+
 Schema of ``trajectories.parquet`` (one row per teacher game; docs/data.md):
 ``id``, ``task``, ``target_id``, ``target``, ``split``, ``teacher``, ``messages`` (opening
 messages, then assistant move / user answer per turn), ``moves``, ``answers``, ``statuses``
@@ -19,6 +26,9 @@ import json
 import logging
 import math
 import random
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +40,13 @@ from deltabelief.data.teachers import TeacherGame, make_teacher, play_teacher_ga
 from deltabelief.games.base import Game, Target
 
 logger = logging.getLogger(__name__)
+
+SYNTHESIS_FILES = ("targets.parquet", "trajectories.parquet", "synthesis.json")
+
+
+class SynthesisError(ValueError):
+    """A synthesis that would write an empty or inconsistent set, or replace files it did not write."""
+
 
 TRAJECTORY_COLUMNS = (
     "id", "task", "target_id", "target", "split", "teacher", "messages", "moves", "answers",
@@ -179,13 +196,62 @@ def play_teachers(data: DataConfig, game_config: GameConfig, table: TargetTable)
     return kept, report
 
 
+def _check_replaceable(out: Path) -> None:
+    """Refuse an ``out`` that holds anything a synthesis did not write (replacing it would delete that)."""
+    if out.exists() and not out.is_dir():
+        raise SynthesisError(f"--out {out} is a file, not a directory")
+    ours = set(SYNTHESIS_FILES) | {f"{Path(name).stem}.validation.json" for name in SYNTHESIS_FILES}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
+    if foreign:
+        raise SynthesisError(
+            f"--out {out} holds files a synthesis did not write ({', '.join(foreign[:5])}); the new set replaces the "
+            f"whole directory, so choose an empty or new one"
+        )
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Put ``staging`` where ``out`` is, in two renames; the old set is deleted only after."""
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    if out.exists():
+        out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        if old.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def synthesize(data: DataConfig, game: GameConfig, out_dir: str | Path) -> SynthesisResult:
-    """Write ``targets.parquet`` (and ``trajectories.parquet``) plus ``synthesis.json`` in ``out_dir``."""
+    """Write ``targets.parquet`` (and ``trajectories.parquet``) plus ``synthesis.json`` in ``out_dir``, as one set."""
+    out = Path(out_dir)
+    _check_replaceable(out)
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # to remove again on failure
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        result = _write_set(data, game, staging)
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # deepest first
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    return SynthesisResult(out / result.targets_path.name,
+                           out / result.trajectories_path.name if result.trajectories_path else None,
+                           out / result.report_path.name, result.report)
+
+
+def _write_set(data: DataConfig, game: GameConfig, out: Path) -> SynthesisResult:
+    """The files of one synthesis, written into ``out``; an empty result raises :class:`SynthesisError`."""
     import pandas as pd
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     table = build_targets(data, game)
+    if not table.targets:
+        raise SynthesisError(f"source {data.source!r} gave no targets ({table.num_records} records read); "
+                             "nothing was written")
     targets_path = out / "targets.parquet"
     write_parquet(table.frame(), targets_path, "targets")
     report: dict[str, Any] = {
@@ -207,6 +273,10 @@ def synthesize(data: DataConfig, game: GameConfig, out_dir: str | Path) -> Synth
             logger.warning("no teacher games: %s", report["teacher"]["skipped"])
         else:
             rows, report["teacher"] = play_teachers(data, game, table)
+            if not rows:
+                raise SynthesisError(
+                    f"no teacher game was kept ({report['teacher']['games_played']} played, only_solved="
+                    f"{data.only_solved}); nothing was written")
             # Flat copies for one-line printing (the CLI prints these two side by side).
             report["teacher_mean_questions"] = report["teacher"]["mean_questions"]
             report["log2_num_nouns"] = report["teacher"]["log2_nouns"]

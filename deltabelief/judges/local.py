@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from deltabelief.config import JudgeConfig
 from deltabelief.judges.base import JudgeReply, JudgeRequest, register_judge
@@ -50,8 +52,20 @@ def _seeded(seed: int | None):
         yield
 
 
+class _StopWhen(StoppingCriteria):
+    """Ends generation for the whole batch once ``stop()`` is true (checked after every token)."""
+
+    def __init__(self, stop: Callable[[], bool]):
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), bool(self.stop()), dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
-def _generate_chunk(model, tokenizer, prompts: list[str], temperature: float, max_tokens: int) -> list[Completion]:
+def _generate_chunk(
+    model, tokenizer, prompts: list[str], temperature: float, max_tokens: int, stop: Callable[[], bool] | None = None
+) -> list[Completion]:
     """Generate for B prompts at once (left padded)."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     enc = enc.to(model.device)
@@ -61,6 +75,7 @@ def _generate_chunk(model, tokenizer, prompts: list[str], temperature: float, ma
         max_new_tokens=max_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        stopping_criteria=StoppingCriteriaList([_StopWhen(stop)]) if stop is not None else None,
         **sampling,
     )  # [B, L_prompt + L_new]
     prompt_len = enc["input_ids"].shape[1]
@@ -89,11 +104,14 @@ def generate_chat(
     max_tokens: int,
     batch_size: int = 16,
     seed: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[Completion]:
     """One assistant reply per conversation, in order.
 
     ``temperature`` 0 is greedy. ``seed`` (if given) makes sampling reproducible
-    without disturbing the caller's global RNG.
+    without disturbing the caller's global RNG. ``stop()``, checked after every
+    token, ends generation early (finish reason 'length'): the server's time limit
+    and client disconnects.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -106,7 +124,7 @@ def generate_chat(
     with _seeded(seed):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
-            completions.extend(_generate_chunk(model, tokenizer, chunk, temperature, max_tokens))
+            completions.extend(_generate_chunk(model, tokenizer, chunk, temperature, max_tokens, stop))
     return completions
 
 

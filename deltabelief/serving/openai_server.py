@@ -7,12 +7,20 @@ Standard library only (``http.server``). Endpoints:
   ``max_completion_tokens``, default 256), ``seed`` and ``n`` (must be 1) are
   optional; ``stream`` is not supported;
 - ``GET /v1/models``: the one served model;
-- ``GET /health``: ``{"status": "ok"}``.
+- ``GET /health``: ``status`` ('ok': idle; 'busy': generating, a new request
+  would wait; 'full': the queue is full, a new request would be refused;
+  'unhealthy': a generation has run past twice its time limit), with the queue's
+  numbers; HTTP 200 for 'ok' and 'busy', 503 otherwise. It needs no API key.
 
-Bad JSON, a missing or mistyped field gives HTTP 400 with an OpenAI-style error
-body naming the field; an unknown model name gives 404. Generation runs one
-request at a time (a lock around the model), which is what a 2-CPU machine can
-do anyway. The server binds 127.0.0.1 by default and has no authentication.
+Bad JSON, a missing, mistyped or out-of-range field gives HTTP 400 with an
+OpenAI-style error body naming the field; so does a prompt that does not fit the
+model's context with ``max_tokens`` (the limit is named). An unknown model name
+gives 404. Generation runs one request at a time (:class:`GenerationQueue`);
+at most ``max_queue`` others wait, each at most ``queue_timeout_s``, else HTTP
+503; a generation stops at ``generation_timeout_s`` (HTTP 503) and as soon as
+its client disconnects. The server binds 127.0.0.1 by default; with an
+``api_key`` every ``/v1`` route needs ``Authorization: Bearer <key>`` (else
+401), and a bind to any address other than loopback is refused without one.
 
 Use :func:`running_server` in tests and scripts, :func:`serve` from the CLI
 (:func:`build_server` loads a model spec and binds without serving yet).
@@ -21,8 +29,14 @@ Use :func:`running_server` in tests and scripts, :func:`serve` from the CLI
 from __future__ import annotations
 
 import contextlib
+import copy
+import hmac
+import ipaddress
 import json
 import logging
+import os
+import select
+import socket
 import threading
 import time
 import uuid
@@ -33,6 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from deltabelief.judges.local import generate_chat
+from deltabelief.serving.generation_queue import ClientGone, GenerationQueue, QueueFull, QueueTimeout
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +55,26 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_TOKENS_LIMIT = 8192
 DEFAULT_MAX_TOKENS = 256
 ROLES = ("system", "user", "assistant")
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.manual_seed and OpenAI clients take: a signed 64-bit integer
+API_KEY_ENV = "DELTABELIEF_SERVE_API_KEY"
+"""The environment variable `deltabelief serve` reads its API key from (``--api-key-env`` names another)."""
+LISTEN_BACKLOG = 128
+"""Connections the kernel holds before they are accepted; with the stdlib default of 5, clients past the sixth
+are left unconnected (or reset) while the accept loop is held up."""
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may cost the server."""
+
+    max_queue: int = 16
+    """Requests waiting for the model at most; one more gets HTTP 503."""
+    queue_timeout_s: float = 120.0
+    """Longest wait for the model; then HTTP 503."""
+    generation_timeout_s: float = 120.0
+    """Longest generation; it is stopped and answered with HTTP 503."""
+    context_tokens: int | None = None
+    """Prompt plus max_tokens at most; None: the model's ``max_position_embeddings``."""
 
 
 class RequestError(ValueError):
@@ -63,8 +98,16 @@ def _number(body: dict, key: str, kind: type, default: Any) -> Any:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise RequestError(f"field '{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        raise RequestError(f"field '{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r:.40}")
     return kind(value)
+
+
+def _seed(body: dict) -> int | None:
+    seed = _number(body, "seed", int, None)
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise RequestError(f"field 'seed' must be a 64-bit integer, between {SEED_RANGE[0]} and {SEED_RANGE[1]}, "
+                           f"got {seed:.3g}")
+    return seed
 
 
 def _messages(body: dict) -> list[dict[str, str]]:
@@ -87,6 +130,8 @@ def parse_chat_request(body: Any, model_name: str) -> ChatParams:
         raise RequestError("request body must be a JSON object")
     if "model" not in body:
         raise RequestError("field 'model' is required")
+    if not isinstance(body["model"], str):
+        raise RequestError(f"field 'model' must be a string, got {body['model']!r:.40}")
     if body["model"] != model_name:
         raise RequestError(
             f"model {body['model']!r} is not served here; this server serves {model_name!r}", HTTPStatus.NOT_FOUND
@@ -103,29 +148,86 @@ def parse_chat_request(body: Any, model_name: str) -> ChatParams:
         max_tokens = _number(body, "max_completion_tokens", int, DEFAULT_MAX_TOKENS)
     if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
         raise RequestError(f"field 'max_tokens' must be between 1 and {MAX_TOKENS_LIMIT}, got {max_tokens}")
-    return ChatParams(_messages(body), temperature, max_tokens, _number(body, "seed", int, None))
+    return ChatParams(_messages(body), temperature, max_tokens, _seed(body))
 
 
 class ChatBackend:
-    """The model behind the server; generates one request at a time."""
+    """The model behind the server: checks that a request fits, queues it, generates within the limits."""
 
-    def __init__(self, model, tokenizer, model_name: str):
+    def __init__(self, model, tokenizer, model_name: str, limits: ServeLimits = ServeLimits()):
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.limits = limits
+        self.context_tokens = limits.context_tokens or int(model.config.max_position_embeddings)
         self.created = int(time.time())
-        self._lock = threading.Lock()
+        self.queue = GenerationQueue(limits.max_queue, limits.queue_timeout_s)
+        self.generate = generate_chat  # tests put a stand-in here
+        # A fast tokenizer may not be used by two threads at once ("Already borrowed"), and the
+        # generating thread holds the model's: requests are measured with a copy, one at a time.
+        self._counting_tokenizer = copy.deepcopy(tokenizer)
+        self._counting_lock = threading.Lock()
+        # No token decodes to more characters than the longest vocabulary entry, so a prompt of
+        # more than context x that many characters is refused before it is tokenized at all.
+        self._max_token_chars = max((len(t) for t in tokenizer.get_vocab()), default=1)
 
-    def complete(self, params: ChatParams) -> dict[str, Any]:
-        """An OpenAI ``chat.completion`` object for validated ``params``."""
-        with self._lock:
-            (completion,) = generate_chat(
-                self.model,
-                self.tokenizer,
-                [params.messages],
-                temperature=params.temperature,
-                max_tokens=params.max_tokens,
-                seed=params.seed,
+    def check_fits(self, params: ChatParams) -> int:
+        """The prompt's token count; raises a 400 naming the context when prompt + max_tokens exceed it."""
+        limit = self.context_tokens - params.max_tokens
+        chars = sum(len(m["content"]) for m in params.messages)
+        if chars > (limit + 1) * self._max_token_chars:
+            prompt_tokens = chars // self._max_token_chars  # a lower bound; tokenizing it all would take seconds
+        else:
+            with self._counting_lock:
+                ids = self._counting_tokenizer.apply_chat_template(
+                    params.messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+            prompt_tokens = len(ids)
+        if prompt_tokens > limit:
+            raise RequestError(
+                f"this model's context is {self.context_tokens} tokens, but the messages take "
+                f"{'at least ' if chars > (limit + 1) * self._max_token_chars else ''}{prompt_tokens} tokens and "
+                f"'max_tokens' asks for {params.max_tokens}: shorten the messages or lower 'max_tokens'"
+            )
+        return prompt_tokens
+
+    def complete(self, params: ChatParams, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """An OpenAI ``chat.completion`` object for validated ``params``.
+
+        Raises :class:`RequestError` (400: does not fit; 503: queue full, waited too long, or
+        generation over its time limit) and :class:`ClientGone`.
+        """
+        self.check_fits(params)
+        try:
+            with self.queue.slot(client_gone):
+                deadline = time.monotonic() + self.limits.generation_timeout_s
+                stopped: list[str] = []
+
+                def stop() -> bool:
+                    if client_gone():
+                        stopped.append("client")
+                    elif time.monotonic() > deadline:
+                        stopped.append("time")
+                    return bool(stopped)
+
+                (completion,) = self.generate(
+                    self.model,
+                    self.tokenizer,
+                    [params.messages],
+                    temperature=params.temperature,
+                    max_tokens=params.max_tokens,
+                    seed=params.seed,
+                    stop=stop,
+                )
+        except (QueueFull, QueueTimeout) as err:
+            raise RequestError(f"server busy: {err}; retry later", HTTPStatus.SERVICE_UNAVAILABLE) from err
+        if "client" in stopped:
+            raise ClientGone(f"the client closed its connection; generation stopped after "
+                             f"{completion.completion_tokens} tokens")
+        if "time" in stopped:
+            raise RequestError(
+                f"generation stopped at the server's time limit of {self.limits.generation_timeout_s:g} s "
+                f"after {completion.completion_tokens} tokens; lower 'max_tokens' or retry later",
+                HTTPStatus.SERVICE_UNAVAILABLE,
             )
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -146,6 +248,25 @@ class ChatBackend:
             },
         }
 
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of ``GET /health``: what a new request would meet now."""
+        state = self.queue.state()
+        if state.generation_seconds is not None and state.generation_seconds > 2 * self.limits.generation_timeout_s:
+            status = "unhealthy"  # the time limit is not taking effect (a stuck model, an endless prefill)
+        elif state.generating and state.waiting >= self.limits.max_queue:
+            status = "full"
+        else:
+            status = "busy" if state.generating else "ok"
+        body = {
+            "status": status,
+            "generating": state.generating,
+            "queued": state.waiting,
+            "max_queue": self.limits.max_queue,
+            "generation_seconds": None if state.generation_seconds is None else round(state.generation_seconds, 3),
+            "generation_timeout_s": self.limits.generation_timeout_s,
+        }
+        return (200 if status in ("ok", "busy") else 503), body
+
     def models(self) -> dict[str, Any]:
         entry = {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "deltabelief"}
         return {"object": "list", "data": [entry]}
@@ -159,6 +280,25 @@ class _Handler(BaseHTTPRequestHandler):
     def backend(self) -> ChatBackend:
         return self.server.backend  # type: ignore[attr-defined]
 
+    def _client_gone(self) -> bool:
+        """True once the client has closed its connection (readable, and a peek reads end of file)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # reset by the peer, or already closed
+            return True
+
+    def _authorized(self) -> bool:
+        key = self.server.api_key  # type: ignore[attr-defined]
+        if key is None:
+            return True
+        given = self.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return True
+        self._error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+        self.close_connection = True  # the body, if any, was not read
+        return False
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -167,11 +307,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        if status == 503:
+            self.send_header("Retry-After", "1")
         self.end_headers()
         self.wfile.write(data)
 
     def _error(self, status: int, message: str) -> None:
-        kind = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error"}
+        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                413: "invalid_request_error", 503: "server_busy_error"}
         self._send(status, {"error": {"message": message, "type": kind.get(status, "server_error"), "code": status}})
 
     def _read_json(self) -> Any:
@@ -189,7 +334,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
         path = self.path.split("?", 1)[0].rstrip("/")
         if path == "/health":
-            self._send(200, {"status": "ok"})
+            self._send(*self.backend.health())
+        elif not self._authorized():
+            return
         elif path == "/v1/models":
             self._send(200, self.backend.models())
         else:
@@ -200,13 +347,18 @@ class _Handler(BaseHTTPRequestHandler):
         if path != "/v1/chat/completions":
             self._error(404, f"no route POST {path}; routes: POST /v1/chat/completions")
             return
+        if not self._authorized():
+            return
         try:
             params = parse_chat_request(self._read_json(), self.backend.model_name)
+            response = self.backend.complete(params, self._client_gone)
         except RequestError as err:
             self._error(err.status, str(err))
             return
-        try:
-            response = self.backend.complete(params)
+        except ClientGone as err:
+            log.info("%s: %s", self.address_string(), err)
+            self.close_connection = True
+            return
         except Exception as err:  # reported to the client as a 500 and logged with its traceback
             log.exception("generation failed")
             self._error(500, f"generation failed: {type(err).__name__}: {err}")
@@ -214,12 +366,46 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, response)
 
 
-def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 0, model_name: str = "local") -> ThreadingHTTPServer:
-    """A bound (not yet serving) server; ``port`` 0 picks a free port."""
-    if host not in ("127.0.0.1", "localhost"):
-        log.warning("serving on %s without authentication: anyone who can reach it can use the model", host)
-    server = ThreadingHTTPServer((host, port), _Handler)
-    server.backend = ChatBackend(model, tokenizer, model_name)  # type: ignore[attr-defined]
+class _Server(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_bind(host: str, api_key: str | None, api_key_env: str = API_KEY_ENV) -> None:
+    """Refuse (ValueError) to bind an address other than loopback without an API key."""
+    if not api_key and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve on {host} without an API key: anyone who can reach it could use the model; "
+            f"set {api_key_env} (or name another variable with --api-key-env), or bind 127.0.0.1"
+        )
+
+
+def make_server(
+    model,
+    tokenizer,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    model_name: str = "local",
+    limits: ServeLimits = ServeLimits(),
+    api_key: str | None = None,
+) -> ThreadingHTTPServer:
+    """A bound (not yet serving) server; ``port`` 0 picks a free port.
+
+    Refuses (ValueError) a ``host`` other than loopback without an ``api_key``.
+    """
+    check_bind(host, api_key)
+    server = _Server((host, port), _Handler)
+    server.backend = ChatBackend(model, tokenizer, model_name, limits)  # type: ignore[attr-defined]
+    server.api_key = api_key or None  # type: ignore[attr-defined]
     return server
 
 
@@ -229,11 +415,8 @@ def _base_url(server: ThreadingHTTPServer) -> str:
 
 
 @contextlib.contextmanager
-def running_server(
-    model, tokenizer, port: int = 0, host: str = "127.0.0.1", model_name: str = "local"
-) -> Iterator[str]:
-    """Serve ``model`` in a background thread; yields the base URL (``http://host:port/v1``)."""
-    server = make_server(model, tokenizer, host, port, model_name)
+def serving_in_background(server: ThreadingHTTPServer) -> Iterator[str]:
+    """Serve a bound ``server`` in a background thread; yields its base URL; shuts it down after."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -244,12 +427,29 @@ def running_server(
         thread.join(timeout=5.0)
 
 
+@contextlib.contextmanager
+def running_server(
+    model,
+    tokenizer,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    model_name: str = "local",
+    limits: ServeLimits = ServeLimits(),
+    api_key: str | None = None,
+) -> Iterator[str]:
+    """Serve ``model`` in a background thread; yields the base URL (``http://host:port/v1``)."""
+    with serving_in_background(make_server(model, tokenizer, host, port, model_name, limits, api_key)) as url:
+        yield url
+
+
 def build_server(
     model_spec: str = "smollm2",
     host: str = "127.0.0.1",
     port: int = 8000,
     model_name: str | None = None,
     dtype: str = "float32",
+    limits: ServeLimits = ServeLimits(),
+    api_key: str | None = None,
 ) -> ThreadingHTTPServer:
     """Load ``model_spec`` (see :func:`~deltabelief.policy.loading.load_causal_lm`) and bind a server for it.
 
@@ -258,8 +458,9 @@ def build_server(
     """
     from deltabelief.policy.loading import load_causal_lm
 
+    check_bind(host, api_key)  # before loading a model for nothing
     model, tokenizer = load_causal_lm(model_spec, dtype)
-    return make_server(model, tokenizer, host, port, model_name or model_spec)
+    return make_server(model, tokenizer, host, port, model_name or model_spec, limits, api_key)
 
 
 def serve(
@@ -269,12 +470,18 @@ def serve(
     model_name: str | None = None,
     dtype: str = "float32",
     on_ready: Callable[[str], None] | None = None,
+    limits: ServeLimits = ServeLimits(),
+    api_key_env: str = API_KEY_ENV,
 ) -> None:
     """Load ``model_spec`` and serve it at ``http://host:port/v1`` until interrupted (Ctrl-C).
 
-    ``on_ready(base_url)`` is called once the port is bound (the CLI prints it).
+    The API key, if any, is read from the environment variable ``api_key_env`` (never
+    logged). ``on_ready(base_url)`` is called once the port is bound (the CLI prints it).
     """
-    server = build_server(model_spec, host, port, model_name, dtype)
+    api_key = os.environ.get(api_key_env) or None
+    check_bind(host, api_key, api_key_env)
+    server = build_server(model_spec, host, port, model_name, dtype, limits, api_key)
+    log.info("API key %s", f"required (from ${api_key_env})" if api_key else f"not required (${api_key_env} is unset)")
     base_url = _base_url(server)
     log.info("serving %r at %s (Ctrl-C to stop)", server.backend.model_name, base_url)  # type: ignore[attr-defined]
     if on_ready is not None:

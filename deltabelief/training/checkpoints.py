@@ -9,6 +9,10 @@ A checkpoint is a directory ``<root>/step_000005/`` holding:
 - ``COMPLETE``: written last, so a run killed mid-save leaves no half checkpoint
   that :func:`latest_checkpoint` would pick.
 
+A checkpoint marked complete whose files cannot be read (a disk fault, a file
+truncated by hand) raises :class:`CorruptCheckpointError` naming the file;
+:func:`load_latest_checkpoint` then falls back to the previous one, with a warning.
+
 Weights are restored bit for bit (safetensors keeps the dtype), so a resumed run
 continues with the same parameters, optimizer moments, learning rate, RNG draws
 and data order as an uninterrupted one.
@@ -33,6 +37,10 @@ log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.pt"
 COMPLETE_FILE = "COMPLETE"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint marked complete has a file that cannot be read."""
 
 
 @dataclass
@@ -102,6 +110,11 @@ def load_model_weights(model, directory: Path) -> None:
     weights: dict[str, torch.Tensor] = {}
     for path in files:
         weights.update(load_file(str(path)))
+    apply_model_weights(model, weights, directory)
+
+
+def apply_model_weights(model, weights: dict[str, torch.Tensor], directory: Path) -> None:
+    """Copy ``weights`` (read from ``directory``, named in errors) into ``model`` in place."""
     if is_peft_model(model):
         from peft import set_peft_model_state_dict
 
@@ -150,13 +163,31 @@ def save_checkpoint(
     return final
 
 
+def _read(path: Path, read):
+    """``read(path)``, with any failure turned into a CorruptCheckpointError naming the file."""
+    try:
+        return read(path)
+    except Exception as err:  # a truncated zip, a bad pickle, a safetensors header, an I/O error: all one verdict
+        raise CorruptCheckpointError(f"{path} cannot be read ({type(err).__name__}: {err})") from err
+
+
 def load_checkpoint(path: Path, *, model, optimizer=None, scheduler=None) -> TrainerState:
-    """Restore weights, optimizer and scheduler in place; return the rest (RNG is not applied here)."""
+    """Restore weights, optimizer and scheduler in place; return the rest (RNG is not applied here).
+
+    Every file is read before anything is restored, so a :class:`CorruptCheckpointError` leaves
+    the model and optimizer as they were.
+    """
     path = Path(path)
     if not (path / COMPLETE_FILE).exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_FILE} marker)")
-    load_model_weights(model, path / "model")
-    blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    blob = _read(path / STATE_FILE, lambda p: torch.load(p, map_location="cpu", weights_only=False))
+    weight_files = sorted((path / "model").glob("*.safetensors"))
+    if not weight_files:
+        raise CorruptCheckpointError(f"{path / 'model'} holds no *.safetensors weights")
+    weights: dict[str, torch.Tensor] = {}
+    for file in weight_files:
+        weights.update(_read(file, lambda p: load_file(str(p))))
+    apply_model_weights(model, weights, path / "model")
     if optimizer is not None:
         optimizer.load_state_dict(blob["optimizer"])
     if scheduler is not None:
@@ -164,3 +195,21 @@ def load_checkpoint(path: Path, *, model, optimizer=None, scheduler=None) -> Tra
             raise ValueError(f"{path}: checkpoint has no scheduler state but the run has a scheduler")
         scheduler.load_state_dict(blob["scheduler"])
     return TrainerState(step=blob["step"], data_order=blob["data_order"], rng=blob["rng"], extra=blob["extra"])
+
+
+def load_latest_checkpoint(root: Path, *, model, optimizer=None, scheduler=None) -> tuple[Path, TrainerState] | None:
+    """Load the newest complete checkpoint under ``root`` that can be read, or None when there is none.
+
+    A corrupt one is skipped with a warning naming its bad file; when all are corrupt the
+    error lists every bad file.
+    """
+    bad: list[str] = []
+    for path in reversed(list_checkpoints(root)):
+        try:
+            return path, load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)
+        except CorruptCheckpointError as err:
+            log.warning("skipping checkpoint %s: %s; trying the one before it", path.name, err)
+            bad.append(str(err))
+    if bad:
+        raise CorruptCheckpointError(f"no checkpoint under {root} can be read: {'; '.join(bad)}")
+    return None

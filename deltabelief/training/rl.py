@@ -53,11 +53,12 @@ from deltabelief.rewards import turn_rewards
 from deltabelief.threads import ThreadFitter
 from deltabelief.training import metrics as M
 from deltabelief.training.checkpoints import (
-    TrainerState, capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint,
+    TrainerState, capture_rng, load_latest_checkpoint, restore_rng, save_checkpoint,
 )
 from deltabelief.training.logprobs import pad_rows, right_pad, token_logprobs
 from deltabelief.training.optim import build_optimizer, build_scheduler
 from deltabelief.training.ppo_loss import PPOStats, ppo_clip_loss
+from deltabelief.training.run_dir import check_checkpoint_identity, claim_run_dir, run_identity
 from deltabelief.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,8 @@ class RLTrainer:
         self.params = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, c.optim)
         self.scheduler = build_scheduler(self.optimizer, c.optim.warmup_steps)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = run_identity(c, targets_fingerprint(self.targets), len(self.targets))
+        claim_run_dir(self.out_dir, self.identity, resume)  # refuses a directory holding another run
         (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(c), indent=1))
         if resume:
             self._resume()
@@ -249,11 +251,13 @@ class RLTrainer:
                 "targets_per_step": c.targets_per_step}
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.out_dir / "checkpoints")
-        if path is None:
+        found = load_latest_checkpoint(self.out_dir / "checkpoints", model=self.policy.model,
+                                       optimizer=self.optimizer, scheduler=self.scheduler)
+        if found is None:
             log.warning("--resume: no checkpoint under %s; starting from step 1", self.out_dir / "checkpoints")
             return
-        state = load_checkpoint(path, model=self.policy.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        path, state = found
+        check_checkpoint_identity(path, state.extra.get("run"), self.identity)
         if state.data_order != self._data_order():
             raise ValueError(f"{path}: the checkpoint's data order {state.data_order} differs from this run's "
                              f"{self._data_order()} (different targets, seed or targets_per_step)")
@@ -427,7 +431,7 @@ class RLTrainer:
     # ------------------------------------------------------------ checkpoints and records
 
     def save_checkpoint(self, step: int) -> Path:
-        state = TrainerState(step=step, data_order=self._data_order(), rng=capture_rng())
+        state = TrainerState(step=step, data_order=self._data_order(), rng=capture_rng(), extra={"run": self.identity})
         self.last_checkpoint = save_checkpoint(
             self.out_dir / "checkpoints", state, model=self.policy.model, tokenizer=self.policy.tokenizer,
             optimizer=self.optimizer, scheduler=self.scheduler, keep_last=self.config.train.keep_checkpoints)
