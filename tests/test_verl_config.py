@@ -148,6 +148,7 @@ def test_run_verl_prepares_files_launches_our_task_runner_and_exports_the_last_c
         (checkpoints / "latest_checkpointed_iteration.txt").write_text("6")
 
     monkeypatch.setattr(runner, "run_ppo", fake_run_ppo)
+    monkeypatch.setenv("DELTABELIEF_SHARED_DIR", str(tmp_path))  # everything below lies on the "volume"
     monkeypatch.setattr(runner, "export_hf_model", lambda actor, target: exported.update(actor=actor) or target)
     config = load_config("tiny")
     targets = _targets(tmp_path / "targets.parquet", 5, 2)

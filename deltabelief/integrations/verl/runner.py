@@ -44,6 +44,7 @@ from deltabelief.integrations.verl.config_gen import (
 )
 from deltabelief.integrations.verl.reward_manager import BELIEF_KEY, BELIEF_MASK_KEY, DeltaBeliefRewardManager
 from deltabelief.session import build_game
+from deltabelief.shared_storage import is_local_path, require_on_shared_storage
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +232,24 @@ def export_hf_model(actor_dir: str | Path, target_dir: str | Path) -> Path:
     return out
 
 
+def require_shared_paths(config: Config, targets_path: str | Path, out_dir: str | Path) -> None:
+    """The model (unless a hub id), the targets and the output directory are on the shared volume."""
+    paths: dict[str, str | Path] = {"targets": targets_path, "out_dir": out_dir}
+    if is_local_path(config.policy.model):
+        paths["policy.model"] = config.policy.model
+    require_on_shared_storage(paths)
+
+
 def run_verl(config: Config, targets_path: str | Path, out_dir: str | Path,
              exclude_ids: Sequence[str] = ()) -> dict[str, Any]:
     """Train ``config`` on a Ray cluster with verl (FSDP actor, vLLM rollouts); GPU only.
 
     Joins the running Ray cluster when there is one (verl calls ``ray.init`` otherwise), trains,
     and exports the last checkpoint as a transformers directory. Returns where everything went.
+    Every path verl's workers read or write must lie under ``$DELTABELIEF_SHARED_DIR``; anything
+    else is refused here, before any work.
     """
+    require_shared_paths(config, targets_path, out_dir)
     verl_config = prepare_verl_run(config, targets_path, out_dir, exclude_ids)
     run_ppo(verl_config, task_runner_class=DeltaBeliefTaskRunner)
     out = Path(out_dir)
