@@ -11,10 +11,13 @@ tokens with :func:`deltabelief.advantages.to_token_level`; nothing is re-impleme
 Registered names: ``delta_belief_turn_grpo`` (ΔBelief-RL's turn-wise GRPO), ``delta_belief_grpo``
 and ``delta_belief_rloo`` (trajectory-level baselines through the same path).
 
-Options: with ``config=None`` every option takes its ``EstimatorConfig`` default (the reference's
-values); otherwise they are read from ``algorithm.delta_belief.<option>`` (named as the fields of
-``EstimatorConfig``: ``include_finished``, ``norm_by_std``, ``eps``), a missing key taking its
-default and an unknown key refused.
+Options: ``norm_by_std`` is verl's own ``algorithm.norm_adv_by_std_in_grpo``; the others
+(``include_finished``, ``eps``, named as the fields of ``EstimatorConfig``) come from our
+``deltabelief.estimator`` section, which :class:`.runner.DeltaBeliefTrainer` hands to
+:func:`use_estimator_options` when it is built. verl passes an estimator only the ``algorithm``
+section, and that section must stay convertible to verl's ``AlgoConfig`` (no keys of ours in it).
+Before any call of :func:`use_estimator_options` every option takes its ``EstimatorConfig`` default
+(the reference's values).
 
 Shape notation: B rows (rollouts), L response tokens, T turns (the most of any row).
 """
@@ -32,8 +35,20 @@ from deltabelief.advantages import get_estimator, to_token_level
 from deltabelief.config import EstimatorConfig
 from deltabelief.integrations.verl.config_gen import ESTIMATOR_PREFIX, VERL_ESTIMATORS
 
-OPTIONS_KEY = "delta_belief"
-"""The sub-section of verl's ``algorithm`` config holding the estimator options."""
+_options = EstimatorConfig()
+"""The estimator options of the run this process trains (set by :func:`use_estimator_options`)."""
+
+
+def use_estimator_options(options: EstimatorConfig) -> None:
+    """Make ``options`` (our ``estimator`` section) the options of every registered estimator.
+
+    verl calls estimators on the driver, in the process that builds the trainer, so the trainer
+    sets them there once; verl gives estimators no other way to receive options of ours.
+    """
+    global _options
+    if not isinstance(options, EstimatorConfig):
+        raise TypeError(f"options must be an EstimatorConfig, got {type(options).__name__}")
+    _options = options
 
 
 def turn_boundaries(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,18 +114,13 @@ def group_ids(index: Any, batch: int) -> torch.Tensor:
 
 
 def estimator_options(name: str, config: Any) -> dict[str, Any]:
-    """Keyword options of core estimator ``name``: defaults, overridden by ``algorithm.delta_belief``."""
-    estimator = get_estimator(name)
-    defaults = dataclasses.asdict(EstimatorConfig())
-    section: dict[str, Any] = {}
-    if config is not None and OPTIONS_KEY in config:
-        section = dict(config[OPTIONS_KEY])
-    unknown = sorted(set(section) - set(defaults) - {"name"})
-    if unknown:
-        raise ValueError(f"unknown key(s) {[f'algorithm.{OPTIONS_KEY}.{k}' for k in unknown]}; "
-                         f"valid keys: {sorted(set(defaults) - {'name'})}")
-    merged = {**defaults, **section}
-    return {option: merged[option] for option in estimator.options}
+    """Keyword options of core estimator ``name``: ours (:func:`use_estimator_options`), with
+    ``norm_by_std`` taken from verl's ``algorithm.norm_adv_by_std_in_grpo`` when ``config`` has it."""
+    merged = dataclasses.asdict(_options)
+    norm = config.get("norm_adv_by_std_in_grpo") if config is not None else None
+    if norm is not None:
+        merged["norm_by_std"] = bool(norm)
+    return {option: merged[option] for option in get_estimator(name).options}
 
 
 def make_verl_estimator(name: str):

@@ -37,10 +37,11 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 from deltabelief.config import Config
 from deltabelief.games.base import Target
 from deltabelief.integrations.verl import agent_loop as _agent_loop  # noqa: F401  (registers the loop)
-from deltabelief.integrations.verl import estimator as _estimator  # noqa: F401  (registers estimators)
+from deltabelief.integrations.verl.estimator import use_estimator_options  # (also registers the estimators)
 from deltabelief.integrations.verl.belief import TURN_ENDS_KEY, score_beliefs
 from deltabelief.integrations.verl.config_gen import (
-    AGENT_LOOP_NAME, CONFIG_SECTION, compose_verl_config, config_from_section, write_agent_loop_config,
+    AGENT_LOOP_NAME, CONFIG_SECTION, check_composed_config, compose_verl_config, config_from_section,
+    write_agent_loop_config,
 )
 from deltabelief.integrations.verl.reward_manager import BELIEF_KEY, BELIEF_MASK_KEY, DeltaBeliefRewardManager
 from deltabelief.session import build_game
@@ -52,14 +53,23 @@ log = logging.getLogger(__name__)
 class DeltaBeliefTrainer(RayPPOTrainer):
     """verl's PPO trainer with ΔBelief per-turn rewards scored by the actor (see the module docstring)."""
 
+    def __init__(self, config: DictConfig, *args: Any, **kwargs: Any):
+        check_composed_config(config)
+        use_estimator_options(config_from_section(config[CONFIG_SECTION]).estimator)
+        super().__init__(config, *args, **kwargs)
+
     def _compute_old_log_prob(self, batch: DataProto):
         if TURN_ENDS_KEY in batch.non_tensor_batch:
             self._write_delta_belief_rewards(batch)
         return super()._compute_old_log_prob(batch)
 
     def _update_actor(self, batch: DataProto) -> DataProto:
+        metrics = self.__dict__.pop("_delta_belief_metrics", None)  # this step's, never a stale step's
+        if not metrics or not any(name.startswith("belief/") for name in metrics):
+            raise RuntimeError("the actor update has no ΔBelief metrics for this step: the reward hook "
+                               "(_compute_old_log_prob) did not run, so the step would train without ΔBelief rewards")
         output = super()._update_actor(batch)
-        output.meta_info["metrics"].update(getattr(self, "_delta_belief_metrics", {}))
+        output.meta_info["metrics"].update(metrics)
         return output
 
     def _write_delta_belief_rewards(self, batch: DataProto) -> None:
