@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
@@ -102,17 +101,6 @@ def decode_turn_rewards(token_level_rewards: torch.Tensor, response_mask: torch.
     return turn_rewards, turn_mask
 
 
-def group_ids(index: Any, batch: int) -> torch.Tensor:
-    """verl's ``index`` (uids, any hashable values) -> [B] long group ids 0..G−1."""
-    if index is None:
-        raise ValueError("group estimators need verl's uid index (data.non_tensor_batch['uid']); got None")
-    values = np.asarray(index, dtype=object)
-    if values.shape != (batch,):
-        raise ValueError(f"index has shape {values.shape} for {batch} rows")
-    _, inverse = np.unique(values.astype(str), return_inverse=True)
-    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long)
-
-
 def estimator_options(name: str, config: Any) -> dict[str, Any]:
     """Keyword options of core estimator ``name``: ours (:func:`use_estimator_options`), with
     ``norm_by_std`` taken from verl's ``algorithm.norm_adv_by_std_in_grpo`` when ``config`` has it."""
@@ -129,9 +117,10 @@ def make_verl_estimator(name: str):
     def compute(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any = None,
                 config: Any = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         turn_rewards, turn_mask = decode_turn_rewards(token_level_rewards, response_mask)  # [B, T]
-        groups = group_ids(index, turn_rewards.shape[0]).to(turn_rewards.device)  # [B]
+        if index is None:
+            raise ValueError("group estimators need verl's uid index (data.non_tensor_batch['uid']); got None")
         with torch.no_grad():
-            turn_adv = get_estimator(name)(turn_rewards, turn_mask, groups, **estimator_options(name, config))
+            turn_adv = get_estimator(name)(turn_rewards, turn_mask, list(index), **estimator_options(name, config))
             advantages = to_token_level(turn_adv, response_mask, turn_mask)  # [B, L]
         return advantages, advantages  # verl's group estimators return advantages as returns too
 
