@@ -42,6 +42,29 @@ def is_retryable_status(status: int) -> bool:
     return status in (408, 429) or 500 <= status < 600
 
 
+def chat_payload(config: JudgeConfig, messages: list[dict[str, str]]) -> dict:
+    """The chat-completions request body; ``judge.enable_thinking=false`` turns Qwen3's reasoning off
+    through the chat template (vLLM's ``chat_template_kwargs``), as the paper's judge runs."""
+    payload = {"model": config.model, "messages": messages, "temperature": config.temperature,
+               "max_tokens": config.max_tokens}
+    if not config.enable_thinking:
+        payload["chat_template_kwargs"] = {"enable_thinking": False}
+    return payload
+
+
+def completion_content(body: object, url: str, preview: str) -> tuple[str, str]:
+    """The first choice's ``(content, finish_reason)`` of a decoded response body; null content is ''."""
+    try:
+        choice = body["choices"][0]  # type: ignore[index]
+        content = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError) as err:
+        raise JudgeResponseError(f"judge server at {url} sent a body without choices[0].message.content "
+                                 f"({type(err).__name__}: {err}): {preview}") from err
+    if content is not None and not isinstance(content, str):
+        raise JudgeResponseError(f"judge server at {url} sent non-text content: {type(content).__name__}")
+    return content or "", str(choice.get("finish_reason") or "")
+
+
 class JudgeUnavailableError(RuntimeError):
     """The judge server could not be reached (or kept failing) after every retry."""
 
@@ -128,12 +151,7 @@ class OpenAIJudge:
 
     def complete(self, messages: list[dict[str, str]]) -> tuple[str, str]:
         """``(assistant text, finish_reason)`` for one chat, retrying transient failures."""
-        payload = {
-            "model": self.config.model,
-            "messages": messages,
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-        }
+        payload = chat_payload(self.config, messages)
         attempts = self.config.max_retries + 1
         last_error = ""
         for attempt in range(1, attempts + 1):
@@ -173,18 +191,12 @@ class OpenAIJudge:
         return self._redact(response.text)[:_BODY_PREVIEW_CHARS]
 
     def _content(self, response: requests.Response) -> tuple[str, str]:
-        """The first choice's ``(content, finish_reason)``; null content is ''."""
         try:
-            choice = response.json()["choices"][0]
-            content = choice["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise JudgeResponseError(
-                f"judge server at {self.url} sent a body without choices[0].message.content "
-                f"({type(err).__name__}: {err}): {self._body_preview(response)}"
-            ) from err
-        if content is not None and not isinstance(content, str):
-            raise JudgeResponseError(f"judge server at {self.url} sent non-text content: {type(content).__name__}")
-        return content or "", str(choice.get("finish_reason") or "")
+            body = response.json()
+        except ValueError as err:
+            raise JudgeResponseError(f"judge server at {self.url} sent a body that is not JSON ({err}): "
+                                     f"{self._body_preview(response)}") from err
+        return completion_content(body, self.url, self._body_preview(response))
 
 
 @register_judge("openai")

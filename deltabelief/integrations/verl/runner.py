@@ -90,7 +90,9 @@ class DeltaBeliefTrainer(RayPPOTrainer):
         rm_scores = batch.batch["rm_scores"]  # [B, L], the tensor fit() already holds as the reward
         rm_scores.copy_(out["reward_tensor"].to(rm_scores.device, rm_scores.dtype))
         truncated = [bool(v) for v in batch.non_tensor_batch["db_truncated"]]
-        self._delta_belief_metrics = {**out["metrics"], "rollout/truncated_rate": sum(truncated) / len(truncated)}
+        failed = exclude_failed_games(batch)
+        self._delta_belief_metrics = {**out["metrics"], "rollout/truncated_rate": sum(truncated) / len(truncated),
+                                      "judge/failed_games": float(len(failed))}
 
     def _actor_log_probs(self, rows: DataProto) -> torch.Tensor:
         """[M, R] log π of the rows' response tokens from the actor worker group (temperature 1)."""
@@ -103,6 +105,27 @@ class DeltaBeliefTrainer(RayPPOTrainer):
         output = self.actor_rollout_wg.compute_log_prob(batch_td)
         log_probs = no_padding_2_padding(tu.get(output, "log_probs"), batch_td)  # [M + pad, R]
         return log_probs[: len(rows)].float()
+
+
+def exclude_failed_games(batch: DataProto) -> list[int]:
+    """Take games whose judge failed out of the update; returns their rows.
+
+    The agent loop already gave them an all-0 ``response_mask`` and no turns (no loss, no reward);
+    here each also gets a group of its own (a fresh ``uid``), so it neither counts in its group's
+    statistics nor gets an advantage (a group of one has zero advantage). A step where every game
+    failed is an outage, not bad luck: it raises with the first error.
+    """
+    errors = [str(e) for e in batch.non_tensor_batch["db_judge_failed"]]
+    failed = [row for row, error in enumerate(errors) if error]
+    if failed and len(failed) == len(errors):
+        raise RuntimeError(f"the judge failed for all {len(errors)} games of the step; first error: {errors[failed[0]]}")
+    uids = batch.non_tensor_batch["uid"]
+    for row in failed:
+        uids[row] = f"{uids[row]}/judge-failed/{row}"
+    if failed:
+        log.warning("%d of %d games left out of the update after judge failures, e.g. %s",
+                    len(failed), len(errors), errors[failed[0]])
+    return failed
 
 
 @ray.remote
