@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from typing import Callable, Protocol
 
 import httpx
@@ -22,7 +21,8 @@ import httpx
 from deltabelief.config import JudgeConfig
 from deltabelief.judges.base import Judge, JudgeReply, JudgeRequest
 from deltabelief.judges.openai_compat import (
-    JudgeResponseError, JudgeUnavailableError, chat_payload, completion_content, is_retryable_status,
+    JudgeResponseError, JudgeUnavailableError, chat_payload, completion_content, http_endpoint,
+    is_retryable_status,
 )
 from deltabelief.judges.parsing import build_messages, parse_reply
 
@@ -53,16 +53,10 @@ class AsyncOpenAIJudge:
     """
 
     def __init__(self, config: JudgeConfig, transport: httpx.AsyncBaseTransport | None = None):
-        if config.max_retries < 0:
-            raise ValueError(f"judge.max_retries must be >= 0, got {config.max_retries}")
-        if config.max_concurrency < 1:
-            raise ValueError(f"judge.max_concurrency must be at least 1, got {config.max_concurrency}")
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.url, self._api_key = http_endpoint(config)
         self._transport = transport
-        api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._api_key = api_key
+        self._headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.in_flight = 0
         self.stats: dict[str, int] = {"calls": 0, "unparseable": 0, "attempts": 0, "retries": 0, "max_in_flight": 0}
@@ -128,7 +122,8 @@ class AsyncOpenAIJudge:
         try:
             body = response.json()
         except ValueError as err:
-            raise JudgeResponseError(f"judge server at {self.url} sent a body that is not JSON ({err}): "
+            raise JudgeResponseError(f"judge server at {self.url} sent a body without choices[0].message.content "
+                                     f"(not JSON: {err}): "
                                      f"{preview}") from err
         return completion_content(body, self.url, preview)
 

@@ -42,6 +42,16 @@ def is_retryable_status(status: int) -> bool:
     return status in (408, 429) or 500 <= status < 600
 
 
+def http_endpoint(config: JudgeConfig) -> tuple[str, str]:
+    """``(chat-completions URL, API key or '')`` after checking the HTTP judge's settings."""
+    if config.max_retries < 0:
+        raise ValueError(f"judge.max_retries must be >= 0, got {config.max_retries}")
+    if config.max_concurrency < 1:
+        raise ValueError(f"judge.max_concurrency must be at least 1, got {config.max_concurrency}")
+    api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+    return config.base_url.rstrip("/") + "/chat/completions", api_key
+
+
 def chat_payload(config: JudgeConfig, messages: list[dict[str, str]]) -> dict:
     """The chat-completions request body; ``judge.enable_thinking=false`` turns Qwen3's reasoning off
     through the chat template (vLLM's ``chat_template_kwargs``), as the paper's judge runs."""
@@ -89,14 +99,9 @@ class OpenAIJudge:
     name = "openai"
 
     def __init__(self, config: JudgeConfig, session: requests.Session | None = None):
-        if config.max_retries < 0:
-            raise ValueError(f"judge.max_retries must be >= 0, got {config.max_retries}")
-        if config.max_concurrency < 1:
-            raise ValueError(f"judge.max_concurrency must be at least 1, got {config.max_concurrency}")
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.url, self._api_key = http_endpoint(config)
         self.session = session or requests.Session()
-        self._api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
         if not self._api_key:
             log.debug("no API key in $%s; sending requests without Authorization", config.api_key_env)
         self._lock = threading.Lock()
@@ -194,7 +199,8 @@ class OpenAIJudge:
         try:
             body = response.json()
         except ValueError as err:
-            raise JudgeResponseError(f"judge server at {self.url} sent a body that is not JSON ({err}): "
+            raise JudgeResponseError(f"judge server at {self.url} sent a body without choices[0].message.content "
+                                     f"(not JSON: {err}): "
                                      f"{self._body_preview(response)}") from err
         return completion_content(body, self.url, self._body_preview(response))
 
