@@ -13,13 +13,14 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import bench_belief, bench_contention, bench_rl_step, bench_rollout
+from benchmarks import bench_belief, bench_contention, bench_judge, bench_rl_step, bench_rollout
 
 BENCHMARKS = {
     "rollout": bench_rollout.run,
     "belief": bench_belief.run,
     "rl_step": bench_rl_step.run,
     "contention": bench_contention.run,
+    "judge": bench_judge.run,
 }
 
 

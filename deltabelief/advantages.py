@@ -91,12 +91,19 @@ def estimator_names() -> list[str]:
 
 
 def _group_index(group_ids, batch: int) -> tuple[torch.Tensor, int]:
-    """[B] group ids (any ints) -> ([B] index in 0..G−1, G)."""
-    ids = torch.as_tensor(group_ids).flatten()
-    if ids.numel() != batch:
-        raise ValueError(f"{ids.numel()} group ids for {batch} rollouts")
-    unique, inverse = torch.unique(ids, return_inverse=True)
-    return inverse, len(unique)
+    """[B] group ids (a tensor, or any hashable values such as verl's string uids) -> ([B] index in 0..G−1, G)."""
+    if isinstance(group_ids, torch.Tensor):
+        ids = group_ids.flatten()
+        if ids.numel() != batch:
+            raise ValueError(f"{ids.numel()} group ids for {batch} rollouts")
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        return inverse, len(unique)
+    values = list(group_ids)
+    if len(values) != batch:
+        raise ValueError(f"{len(values)} group ids for {batch} rollouts")
+    first: dict = {}
+    index = [first.setdefault(value, len(first)) for value in values]  # groups numbered by first appearance
+    return torch.tensor(index, dtype=torch.long), len(first)
 
 
 def _check(turn_rewards: torch.Tensor, turn_mask: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,9 @@ class JudgeConfig:
     batch_size: int = 16
     """'local' judge: requests generated together in one forward batch."""
     max_concurrency: int = 8
-    """'openai' judge: at most this many HTTP requests in flight at once."""
+    """'openai' judge: at most this many HTTP requests in flight at once (per verl agent-loop worker)."""
+    enable_thinking: bool = True
+    """'openai' judge: false asks the server's chat template to skip reasoning (Qwen3; the paper's judge)."""
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from deltabelief.config import RewardConfig
 from deltabelief.games.base import SOLVED_STATUSES, STATUSES
 
 STATUS_CODES: dict[str, int] = {status: code for code, status in enumerate(STATUSES)}
@@ -168,6 +169,36 @@ def turn_rewards(
         unanswerable_penalty=unanswerable_penalty, clip_negative_belief=clip_negative_belief,
         outcome_on=outcome_on,
     ).total()
+
+
+def step_rewards(
+    delta_belief: torch.Tensor,
+    statuses: Sequence[Sequence[str]] | torch.Tensor,
+    turn_mask: torch.Tensor,
+    solved: torch.Tensor | Sequence[bool],
+    *,
+    reward: RewardConfig,
+    unanswerable_as_invalid: bool,
+    estimator_level: str,
+) -> RewardComponents:
+    """The terms of r_t as both trainers (single-machine and verl) compute them.
+
+    Decided here once: r_eog goes on every turn for a turn-level estimator and on the last turn for
+    a trajectory-level one (``estimator_level``, the estimator's declared level, never its name);
+    an 'unanswerable' move costs ``reward.invalid_penalty`` when ``unanswerable_as_invalid``
+    (``judge.unanswerable_as_invalid``), else ``reward.unanswerable_penalty``.
+    """
+    placements = {"turn": "every_turn", "trajectory": "last_turn"}
+    if estimator_level not in placements:
+        raise ValueError(f"estimator_level must be one of {sorted(placements)}, got {estimator_level!r}")
+    return reward_components(
+        delta_belief, statuses, turn_mask, solved,
+        belief_reward_weight=reward.belief_reward_weight, win_reward=reward.win_reward,
+        turn_penalty=reward.turn_penalty, invalid_penalty=reward.invalid_penalty,
+        repeated_penalty=reward.repeated_penalty,
+        unanswerable_penalty=reward.invalid_penalty if unanswerable_as_invalid else reward.unanswerable_penalty,
+        clip_negative_belief=reward.clip_negative_belief, outcome_on=placements[estimator_level],
+    )
 
 
 def trajectory_score(turn_rewards: torch.Tensor, turn_mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ default qwen3-1.7b) and runs verl when the config says ``train.backend: verl``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import flytekit
 from flytekit import Resources, task
@@ -20,6 +19,7 @@ from flytekitplugins.ray import HeadNodeConfig, RayJobConfig, WorkerNodeConfig
 
 from deltabelief.config import ClusterConfig, Config, load_config
 from deltabelief.pipeline import RunContext, train_stage, train_stage_with_threads
+from deltabelief.shared_storage import shared_run_dir, stage_run
 from images import cpu_image, gpu_image
 from tasks.calibrate import Calibration
 from tasks.common import scratch
@@ -46,20 +46,6 @@ CPU_RAY = RayJobConfig(
     worker_node_config=[WorkerNodeConfig(group_name="cpu", replicas=1, requests=CPU_MODEL, limits=CPU_MODEL)],
     shutdown_after_job_finishes=True,
 )
-
-
-def shared_workdir(name: str) -> Path:
-    """A directory on the volume every pod of the GPU job mounts (docs/cluster.md, shared storage)."""
-    root = os.environ.get("DELTABELIEF_SHARED_DIR")
-    if not root:
-        raise RuntimeError(
-            "train.backend=verl needs DELTABELIEF_SHARED_DIR: a ReadWriteMany volume mounted at the same "
-            "path in the head and every GPU worker pod (see docs/cluster.md)"
-        )
-    execution = flytekit.current_context().execution_id.name
-    path = Path(root) / execution / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def largest_node_cpus() -> int:
@@ -97,6 +83,8 @@ def train(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration
 def train_gpu(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration: Calibration,
               run: RunContext) -> FlyteDirectory:
     if config.train.backend == "verl":  # verl drives its own Ray actors from the head
-        return FlyteDirectory(str(train_stage(config, model.download(), targets.download(), calibration.template,
-                                              calibration.excluded_targets, scratch("rl"), run)))
+        run_dir = shared_run_dir(flytekit.current_context().execution_id.name)  # fails before any work
+        shared = stage_run(run_dir, model.download(), targets.download())
+        return FlyteDirectory(str(train_stage(config, shared.model_dir, shared.targets, calibration.template,
+                                              calibration.excluded_targets, shared.out_dir, run)))
     return _train_on_ray(config, model, targets, calibration, run, num_gpus=1)

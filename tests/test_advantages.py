@@ -162,3 +162,16 @@ def test_vectorised_equals_loop(seed):
     runs = int(max((r & ~torch.cat([torch.tensor([False]), r[:-1]])).sum() for r in response))
     adv = torch.randn(4, max(runs, 1), generator=torch.Generator().manual_seed(seed))
     assert torch.equal(to_token_level(adv, response), _to_token_level_loop(adv, response))
+
+
+@pytest.mark.parametrize("name", ["turn_grpo", "grpo", "rloo"])
+def test_group_ids_may_be_any_hashable_values(name):
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.randn(6, 3, generator=gen)
+    mask = torch.ones(6, 3, dtype=torch.bool)
+    numbers = torch.tensor([0, 0, 1, 1, 1, 0])
+    uids = ["c3f1", "c3f1", "9ab0", "9ab0", "9ab0", "c3f1"]  # verl's uids are strings
+    estimator = get_estimator(name)
+    torch.testing.assert_close(estimator(rewards, mask, uids), estimator(rewards, mask, numbers))
+    with pytest.raises(ValueError, match="5 group ids for 6 rollouts"):
+        estimator(rewards, mask, uids[:5])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deltabelief.config import RewardConfig
 from deltabelief.rewards import (
     STATUS_CODES,
     reward_components,
     status_codes,
+    step_rewards,
     trajectory_score,
     turn_rewards,
 )
@@ -81,3 +83,22 @@ def test_bad_inputs_are_rejected():
         turn_rewards(DELTA, STATUSES, MASK, SOLVED, outcome_on="first_turn")
     with pytest.raises(ValueError, match="differ"):
         turn_rewards(DELTA[:, :2], STATUSES, MASK, SOLVED)
+
+
+@pytest.mark.parametrize("level, outcome_on", [("turn", "every_turn"), ("trajectory", "last_turn")])
+def test_step_rewards_places_r_eog_by_the_estimators_level(level, outcome_on):
+    parts = step_rewards(DELTA, STATUSES, MASK, SOLVED, reward=RewardConfig(), unanswerable_as_invalid=False,
+                         estimator_level=level)
+    assert torch.allclose(parts.total(), turn_rewards(DELTA, STATUSES, MASK, SOLVED, outcome_on=outcome_on))
+
+
+def test_step_rewards_charges_unanswerable_as_invalid_only_when_told():
+    reward = RewardConfig(invalid_penalty=-5.0, unanswerable_penalty=-0.5)
+    as_invalid = step_rewards(DELTA, STATUSES, MASK, SOLVED, reward=reward, unanswerable_as_invalid=True,
+                              estimator_level="turn").penalty
+    own = step_rewards(DELTA, STATUSES, MASK, SOLVED, reward=reward, unanswerable_as_invalid=False,
+                       estimator_level="turn").penalty
+    assert as_invalid[2, 0].item() == -5.0 and own[2, 0].item() == -0.5  # row 2, turn 1 is 'unanswerable'
+    assert torch.equal(as_invalid[:2], own[:2])  # nothing else changes
+    with pytest.raises(ValueError, match="estimator_level"):
+        step_rewards(DELTA, STATUSES, MASK, SOLVED, reward=reward, unanswerable_as_invalid=True, estimator_level="x")

@@ -49,18 +49,18 @@ class StubServer:
         return TokenOutput(token_ids=ids, log_probs=[LOGPROB] * len(ids))
 
 
-def play_games(tmp_path: Path, targets=("dog", "apple")):
+def play_games(tmp_path: Path, targets=("dog", "apple"), overrides=(), uids=None):
     """Play one game per target through verl's AgentLoopWorker; returns (verl config, tokenizer, input batch,
     rollout batch, stub server)."""
     tokenizer = load_tokenizer("tiny")
-    config = load_config("tiny", [f"policy.model={tokenizer.name_or_path}"])
+    config = load_config("tiny", [f"policy.model={tokenizer.name_or_path}", *overrides])
     rows = [Target(id=f"t-{name}", task="twenty_questions", target=name) for name in targets]
     data = write_verl_dataset(rows, config, tmp_path / "train.parquet")
     verl_config = compose_verl_config(config, train_files=str(data), val_files=str(data),
                                       agent_loop_config_path=str(write_agent_loop_config(tmp_path / "loops.yaml")))
     dataset = create_rl_dataset(verl_config.data.train_files, verl_config.data, tokenizer, None, is_train=True)
     batch = DataProto.from_single_dict(collate_fn([dataset[i] for i in range(len(dataset))]))
-    batch.non_tensor_batch["uid"] = np.array([f"uid-{name}" for name in targets], dtype=object)
+    batch.non_tensor_batch["uid"] = np.array(uids or [f"uid-{name}" for name in targets], dtype=object)
     server = StubServer(tokenizer)
 
     async def run() -> DataProto:

@@ -22,6 +22,7 @@ from verl.utils.config import omega_conf_to_dataclass, validate_config
 from deltabelief.config import ConfigError, load_config
 from deltabelief.integrations.verl import runner
 from deltabelief.integrations.verl.config_gen import (
+    check_composed_config,
     compose_verl_config, config_from_section, response_length, to_verl_overrides,
 )
 
@@ -51,7 +52,7 @@ def test_composed_paper_preset_carries_the_papers_values(paper, preset):
     assert cfg.deltabelief.game.max_turns == 20 and cfg.deltabelief.policy.max_new_tokens == 50
     assert rollout.response_length == cfg.data.max_response_length == 20 * (50 + 1 + 64)
     assert cfg.algorithm.adv_estimator == "delta_belief_turn_grpo"
-    assert cfg.algorithm.delta_belief.include_finished is True
+    assert cfg.deltabelief.estimator.include_finished is True and cfg.algorithm.norm_adv_by_std_in_grpo is True
     assert rollout.agent.default_agent_loop == "deltabelief_game" and rollout.name == "vllm"
     assert cfg.trainer.total_training_steps == 60 and cfg.trainer.use_v1 is False
     assert cfg.data.apply_chat_template_kwargs.enable_thinking is False
@@ -71,6 +72,17 @@ def test_verl_validates_the_composed_config(paper, preset, monkeypatch):
     assert (actor.clip_ratio_high, actor.clip_ratio_c, actor.ppo_mini_batch_size) == (0.28, 3.0, 80)
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
     assert rollout.n == 16 and rollout.val_kwargs.top_k == 20
+    algorithm = omega_conf_to_dataclass(cfg.algorithm)  # verl's AlgoConfig: no keys of ours in the section
+    assert algorithm.adv_estimator == "delta_belief_turn_grpo" and not algorithm.rollout_correction["bypass_mode"]
+
+
+def test_bypass_mode_is_refused_because_it_skips_the_reward_hook(paper):
+    cfg = paper["qwen3-1.7b"].copy()
+    cfg.algorithm.rollout_correction.bypass_mode = True
+    with pytest.raises(ConfigError, match="bypass_mode=true is not supported"):
+        check_composed_config(cfg)
+    with pytest.raises(ConfigError, match="bypass_mode"):  # the trainer refuses it before building anything
+        runner.DeltaBeliefTrainer(config=cfg)
 
 
 def _flat(cfg) -> dict:
@@ -103,7 +115,7 @@ def test_overrides_are_hydra_strings_and_odd_values_are_quoted():
     config = load_config("qwen3-1.7b", ["policy.model=/models/sft out, v2"])
     overrides = to_verl_overrides(config)
     assert "actor_rollout_ref.model.path='/models/sft out, v2'" in overrides
-    assert "+algorithm.delta_belief.eps=1e-06" in overrides
+    assert not [o for o in overrides if "delta_belief." in o]  # nothing of ours inside verl's sections
     assert compose_verl_config(config).actor_rollout_ref.model.path == "/models/sft out, v2"
 
 
@@ -148,6 +160,7 @@ def test_run_verl_prepares_files_launches_our_task_runner_and_exports_the_last_c
         (checkpoints / "latest_checkpointed_iteration.txt").write_text("6")
 
     monkeypatch.setattr(runner, "run_ppo", fake_run_ppo)
+    monkeypatch.setenv("DELTABELIEF_SHARED_DIR", str(tmp_path))  # everything below lies on the "volume"
     monkeypatch.setattr(runner, "export_hf_model", lambda actor, target: exported.update(actor=actor) or target)
     config = load_config("tiny")
     targets = _targets(tmp_path / "targets.parquet", 5, 2)

@@ -6,20 +6,21 @@ Per-turn rewards are encoded as verl sees them: r_t at the last token of the pol
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.ray_trainer import compute_advantage
+from verl.utils.config import omega_conf_to_dataclass
 
 from deltabelief.advantages import grpo, to_token_level, turn_grpo
-from deltabelief.config import load_config
+from deltabelief.config import EstimatorConfig, load_config
 from deltabelief.integrations.verl.config_gen import compose_verl_config
-from deltabelief.integrations.verl.estimator import ESTIMATOR_FNS, decode_turn_rewards
+from deltabelief.integrations.verl.estimator import ESTIMATOR_FNS, decode_turn_rewards, use_estimator_options
 
 EPS = 1e-6
 
@@ -76,11 +77,21 @@ def test_hand_computed_turn_grpo_with_a_finished_rollout_and_a_group_of_one():
     torch.testing.assert_close(returns, adv)
 
 
+@contextlib.contextmanager
+def options(**values):
+    """Estimator options as DeltaBeliefTrainer sets them, restored to the defaults afterwards."""
+    use_estimator_options(EstimatorConfig(**values))
+    try:
+        yield
+    finally:
+        use_estimator_options(EstimatorConfig())
+
+
 def test_finished_rollouts_leave_later_statistics_when_the_option_is_off():
     rewards, mask, index = hand_batch()
-    config = OmegaConf.create({"delta_belief": {"include_finished": False}})
-    adv, _ = get_adv_estimator_fn("delta_belief_turn_grpo")(
-        token_level_rewards=rewards, response_mask=mask, index=index, config=config)
+    with options(include_finished=False):
+        adv, _ = get_adv_estimator_fn("delta_belief_turn_grpo")(
+            token_level_rewards=rewards, response_mask=mask, index=index, config=None)
     # group a, turn 2: only row 0 still plays -> a group of one: 3 / (1 + eps)
     assert adv[0, 3].item() == pytest.approx(3.0 / (1.0 + EPS), abs=1e-6)
     assert adv[1, 3].item() == 0.0
@@ -105,10 +116,9 @@ def test_matches_core_on_random_batches(seed, include_finished):
     groups = torch.randint(0, 4, (batch,), generator=gen)
     groups[0] = 99  # a group of one
     index = np.array([f"uid-{g}" for g in groups.tolist()], dtype=object)
-    config = OmegaConf.create({"delta_belief": {"include_finished": include_finished}})
-
-    adv, _ = get_adv_estimator_fn("delta_belief_turn_grpo")(
-        token_level_rewards=encode(turn_rewards, mask), response_mask=mask, index=index, config=config)
+    with options(include_finished=include_finished):
+        adv, _ = get_adv_estimator_fn("delta_belief_turn_grpo")(
+            token_level_rewards=encode(turn_rewards, mask), response_mask=mask, index=index, config=None)
 
     core = turn_grpo(turn_rewards, turn_mask, groups, include_finished=include_finished)
     torch.testing.assert_close(adv, to_token_level(core, mask), rtol=1e-6, atol=1e-6)
@@ -132,11 +142,14 @@ def test_verl_compute_advantage_dispatches_to_it_with_the_composed_algorithm_con
     algorithm = compose_verl_config(config).algorithm
     data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
                                non_tensors={"uid": index})
-    out = compute_advantage(data, adv_estimator=algorithm.adv_estimator, config=algorithm)
-    direct, _ = ESTIMATOR_FNS["turn_grpo"](rewards, mask, index=index, config=OmegaConf.create(
-        {"delta_belief": {"include_finished": False}}))
+    with options(include_finished=config.estimator.include_finished):  # as DeltaBeliefTrainer sets them
+        typed = omega_conf_to_dataclass(algorithm)  # verl's AlgoConfig works as the estimator's config too
+        out = compute_advantage(data, adv_estimator=algorithm.adv_estimator, config=typed)
+        direct, _ = ESTIMATOR_FNS["turn_grpo"](rewards, mask, index=index, config=algorithm)
+    default, _ = ESTIMATOR_FNS["turn_grpo"](rewards, mask, index=index, config=algorithm)
     torch.testing.assert_close(out.batch["advantages"], direct)
     assert out.batch["advantages"][0, 3].item() == pytest.approx(3.0 / (1.0 + EPS), abs=1e-6)
+    assert not torch.equal(default, direct)  # include_finished=false took effect
 
 
 def test_reward_off_a_turn_end_is_refused():
@@ -146,10 +159,7 @@ def test_reward_off_a_turn_end_is_refused():
         ESTIMATOR_FNS["turn_grpo"](rewards, mask, index=index)
 
 
-def test_unknown_option_and_missing_index_are_refused():
+def test_missing_index_is_refused():
     rewards, mask, index = hand_batch()
-    with pytest.raises(ValueError, match="algorithm.delta_belief.include_finishd"):
-        ESTIMATOR_FNS["turn_grpo"](rewards, mask, index=index,
-                                   config=OmegaConf.create({"delta_belief": {"include_finishd": True}}))
     with pytest.raises(ValueError, match="uid"):
         ESTIMATOR_FNS["turn_grpo"](rewards, mask, index=None)

@@ -188,6 +188,14 @@ def test_hook_rewrites_the_reward_fit_already_holds(hooked):
     assert metrics["rollout/success_rate"] == 0.5 and metrics["rollout/truncated_rate"] == 0.0
 
 
+def test_a_step_without_belief_metrics_is_refused(hooked):
+    trainer, _, _, batch, *_ = hooked
+    assert any(name.startswith("belief/") for name in trainer._delta_belief_metrics)  # what the hook leaves
+    bare = DeltaBeliefTrainer.__new__(DeltaBeliefTrainer)  # a step where the hook never ran
+    with pytest.raises(RuntimeError, match="no ΔBelief metrics for this step"):
+        bare._update_actor(batch)
+
+
 def test_estimator_accepts_the_hooked_rewards(hooked):
     _, _, _, batch, reward_tensor, *_ = hooked
     data = DataProto.from_dict(tensors={"token_level_rewards": reward_tensor,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 if TYPE_CHECKING:
     from deltabelief.judges.base import Judge, JudgeReply, JudgeRequest
@@ -128,6 +128,16 @@ def play_moves(game: Game, judge: "Judge", states: list[GameState], moves: list[
     for state, move, result in zip(states, moves, results):
         apply_step(state, move, result)
     return results  # type: ignore[return-value]
+
+
+async def play_move_async(game: Game, answer: Callable[["JudgeRequest"], Awaitable["JudgeReply"]],
+                          state: GameState, move: str) -> StepResult:
+    """:func:`play_moves` for one game on an event loop: ``answer`` is an async judge call."""
+    result = game.precheck(state, move)
+    if result is None:
+        result = game.resolve(state, move, await answer(game.judge_request(state, move)))
+    apply_step(state, move, result)
+    return result
 
 
 # ---------------------------------------------------------------- registry

@@ -42,6 +42,39 @@ def is_retryable_status(status: int) -> bool:
     return status in (408, 429) or 500 <= status < 600
 
 
+def http_endpoint(config: JudgeConfig) -> tuple[str, str]:
+    """``(chat-completions URL, API key or '')`` after checking the HTTP judge's settings."""
+    if config.max_retries < 0:
+        raise ValueError(f"judge.max_retries must be >= 0, got {config.max_retries}")
+    if config.max_concurrency < 1:
+        raise ValueError(f"judge.max_concurrency must be at least 1, got {config.max_concurrency}")
+    api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+    return config.base_url.rstrip("/") + "/chat/completions", api_key
+
+
+def chat_payload(config: JudgeConfig, messages: list[dict[str, str]]) -> dict:
+    """The chat-completions request body; ``judge.enable_thinking=false`` turns Qwen3's reasoning off
+    through the chat template (vLLM's ``chat_template_kwargs``), as the paper's judge runs."""
+    payload = {"model": config.model, "messages": messages, "temperature": config.temperature,
+               "max_tokens": config.max_tokens}
+    if not config.enable_thinking:
+        payload["chat_template_kwargs"] = {"enable_thinking": False}
+    return payload
+
+
+def completion_content(body: object, url: str, preview: str) -> tuple[str, str]:
+    """The first choice's ``(content, finish_reason)`` of a decoded response body; null content is ''."""
+    try:
+        choice = body["choices"][0]  # type: ignore[index]
+        content = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError) as err:
+        raise JudgeResponseError(f"judge server at {url} sent a body without choices[0].message.content "
+                                 f"({type(err).__name__}: {err}): {preview}") from err
+    if content is not None and not isinstance(content, str):
+        raise JudgeResponseError(f"judge server at {url} sent non-text content: {type(content).__name__}")
+    return content or "", str(choice.get("finish_reason") or "")
+
+
 class JudgeUnavailableError(RuntimeError):
     """The judge server could not be reached (or kept failing) after every retry."""
 
@@ -66,14 +99,9 @@ class OpenAIJudge:
     name = "openai"
 
     def __init__(self, config: JudgeConfig, session: requests.Session | None = None):
-        if config.max_retries < 0:
-            raise ValueError(f"judge.max_retries must be >= 0, got {config.max_retries}")
-        if config.max_concurrency < 1:
-            raise ValueError(f"judge.max_concurrency must be at least 1, got {config.max_concurrency}")
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.url, self._api_key = http_endpoint(config)
         self.session = session or requests.Session()
-        self._api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
         if not self._api_key:
             log.debug("no API key in $%s; sending requests without Authorization", config.api_key_env)
         self._lock = threading.Lock()
@@ -128,12 +156,7 @@ class OpenAIJudge:
 
     def complete(self, messages: list[dict[str, str]]) -> tuple[str, str]:
         """``(assistant text, finish_reason)`` for one chat, retrying transient failures."""
-        payload = {
-            "model": self.config.model,
-            "messages": messages,
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-        }
+        payload = chat_payload(self.config, messages)
         attempts = self.config.max_retries + 1
         last_error = ""
         for attempt in range(1, attempts + 1):
@@ -173,18 +196,13 @@ class OpenAIJudge:
         return self._redact(response.text)[:_BODY_PREVIEW_CHARS]
 
     def _content(self, response: requests.Response) -> tuple[str, str]:
-        """The first choice's ``(content, finish_reason)``; null content is ''."""
         try:
-            choice = response.json()["choices"][0]
-            content = choice["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise JudgeResponseError(
-                f"judge server at {self.url} sent a body without choices[0].message.content "
-                f"({type(err).__name__}: {err}): {self._body_preview(response)}"
-            ) from err
-        if content is not None and not isinstance(content, str):
-            raise JudgeResponseError(f"judge server at {self.url} sent non-text content: {type(content).__name__}")
-        return content or "", str(choice.get("finish_reason") or "")
+            body = response.json()
+        except ValueError as err:
+            raise JudgeResponseError(f"judge server at {self.url} sent a body without choices[0].message.content "
+                                     f"(not JSON: {err}): "
+                                     f"{self._body_preview(response)}") from err
+        return completion_content(body, self.url, self._body_preview(response))
 
 
 @register_judge("openai")

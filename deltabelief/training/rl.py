@@ -49,7 +49,7 @@ from deltabelief.advantages import get_estimator
 from deltabelief.belief import delta_beliefs, score_beliefs
 from deltabelief.config import Config, ConfigError, config_to_dict
 from deltabelief.games.base import Target
-from deltabelief.rewards import turn_rewards
+from deltabelief.rewards import step_rewards
 from deltabelief.threads import ThreadFitter
 from deltabelief.training import metrics as M
 from deltabelief.training.checkpoints import (
@@ -139,14 +139,6 @@ def sampling_logprobs(traj: Trajectory) -> list[float]:
                              "does not hold the sampled token ids and their log-probs")
         row[start:end] = list(turn.logprobs)
     return row
-
-
-def reward_options(config: Config) -> dict:
-    r = config.reward
-    unanswerable = r.invalid_penalty if config.judge.unanswerable_as_invalid else r.unanswerable_penalty
-    return dict(belief_reward_weight=r.belief_reward_weight, win_reward=r.win_reward, turn_penalty=r.turn_penalty,
-                invalid_penalty=r.invalid_penalty, repeated_penalty=r.repeated_penalty,
-                unanswerable_penalty=unanswerable, clip_negative_belief=r.clip_negative_belief)
 
 
 def history_states(trajectories: Sequence[Trajectory]) -> list[list[frozenset]]:
@@ -333,9 +325,9 @@ class RLTrainer:
         seconds["belief"], tick = time.perf_counter() - tick, time.perf_counter()
         deltas = delta_beliefs(scores.log_beliefs, scores.mask)  # [B, T]
         mask = turn_mask_of(trajectories)  # [B, T]
-        outcome_on = "every_turn" if self.estimator.level == "turn" else "last_turn"
-        rewards = turn_rewards(deltas.delta, [t.statuses() for t in trajectories], mask,
-                               [t.solved for t in trajectories], outcome_on=outcome_on, **reward_options(c))  # [B, T]
+        rewards = step_rewards(deltas.delta, [t.statuses() for t in trajectories], mask, [t.solved for t in trajectories],
+                               reward=c.reward, unanswerable_as_invalid=c.judge.unanswerable_as_invalid,
+                               estimator_level=self.estimator.level).total()  # [B, T]
         options = {name: getattr(c.estimator, name) for name in self.estimator.options}
         states = self.step_states(trajectories) if self.estimator.name == "gigpo" else None
         group_ids = torch.tensor([t.group_id for t in trajectories])  # [B]

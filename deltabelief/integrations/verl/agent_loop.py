@@ -9,16 +9,23 @@ call :meth:`~DeltaBeliefGameLoop.run` with the sampling parameters and one datas
 2. if the move did not end with the end-of-turn token (it hit the token budget) that token is
    appended as a template token;
 3. the game checks the move and asks the judge (``judge.backend``: 'openai' for a vLLM-served
-   judge, or 'kb') through :func:`deltabelief.games.base.play_moves`;
+   judge, or 'kb') on the worker's event loop (:mod:`deltabelief.judges.async_client`: at most
+   ``judge.max_concurrency`` requests in flight per worker, no thread pool);
 4. the answer is appended as a user message followed by the next assistant header, with verl's
    continuous-token builder (``ct_merge_context_msg``), so the model-family boundary rules are verl's.
+   An observation longer than ``cluster.observation_token_reserve`` tokens has its answer cut to fit.
+
+A game whose judge call still fails after its retries is not an error of the step: the game stops,
+``db_judge_failed`` holds the error, its ``response_mask`` is all 0 and it has no statuses, and the
+trainer hook takes it out of its group (:mod:`.runner`), so it gets zero advantage.
 
 Token layout of the output (response coordinates, after the prompt h_0)::
 
     move_1 | obs_1 | move_2 | obs_2 | … | move_N | obs_N
     response_mask: 1 on move_t (the sampled ids exactly), 0 on obs_t
 
-``extra_fields`` (they become non-tensor batch keys): ``db_turn_ends`` [e_0 = 0, e_1 … e_N], where
+``extra_fields`` (they become non-tensor batch keys): ``db_judge_failed`` ('' or the error);
+``db_turn_ends`` [e_0 = 0, e_1 … e_N], where
 h_t ends (after obs_t, so an elicitation can be appended there); ``db_statuses`` and ``db_moves``
 per turn; ``db_solved``; ``db_truncated`` (the game stopped because ``rollout.response_length`` had
 no room for another turn); ``db_target`` and ``db_target_id``.
@@ -40,19 +47,22 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 
 from deltabelief.config import Config
-from deltabelief.games.base import Game, GameState, Target, play_moves
+from deltabelief.games.base import Game, GameState, Target, play_move_async
 from deltabelief.integrations.verl.config_gen import AGENT_LOOP_NAME, CONFIG_SECTION, config_from_section
-from deltabelief.judges.base import Judge
+from deltabelief.judges.async_client import AsyncJudge, build_async_judge
+from deltabelief.judges.openai_compat import JudgeResponseError, JudgeUnavailableError
 from deltabelief.session import build_game, build_judge
 
 log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=8)
-def _session(section_json: str) -> tuple[Config, Game, Judge]:
-    """Config, game and judge for one config, built once per worker process (loops are per rollout)."""
+def _session(section_json: str) -> tuple[Config, Game, AsyncJudge]:
+    """Config, game and judge for one config, built once per worker process (loops are per rollout),
+    so every game of a worker shares the judge's connection pool and concurrency bound."""
     config = config_from_section(json.loads(section_json))
-    return config, build_game(config), build_judge(config.judge, config.game)
+    judge = build_async_judge(config.judge, lambda: build_judge(config.judge, config.game))
+    return config, build_game(config), judge
 
 
 def target_from_row(row: dict[str, Any]) -> Target:
@@ -102,7 +112,13 @@ class DeltaBeliefGameLoop(AgentLoopBase):
                             target.id, state.num_turns, self.response_length)
                 break
             move = await self._sample_move(episode, request_id, params)
-            await self._answer(episode, state, messages, move)
+            try:
+                await self._answer(episode, state, messages, move)
+            except (JudgeUnavailableError, JudgeResponseError) as err:
+                episode.judge_failed = f"{type(err).__name__}: {err}"
+                log.warning("target %s: judge failed on turn %d, game left out of the update: %s",
+                            target.id, state.num_turns + 1, err)
+                break
         return self._output(episode, state, target)
 
     async def _sample_move(self, episode: "_Episode", request_id: str, params: dict[str, Any]) -> str:
@@ -122,14 +138,25 @@ class DeltaBeliefGameLoop(AgentLoopBase):
 
     async def _answer(self, episode: "_Episode", state: GameState, messages: list[dict], move: str) -> None:
         """Judge the move and append the answer plus the next assistant header (mask 0)."""
-        result = (await self.loop.run_in_executor(None, play_moves, self.game, self.judge, [state], [move]))[0]
+        result = await play_move_async(self.game, self.judge.answer, state, move)
         messages.append({"role": "assistant", "content": move})
         previous = list(messages)
-        messages.append({"role": "user", "content": result.text})
-        logprobs = episode.logprobs if episode.logprobs else None
-        merged, episode.mask, aligned = await self.ct_merge_context_msg(
-            previous, messages, episode.ids, episode.mask, logprobs)
-        episode.ids = list(merged.token_ids)
+        answer_ids = self.tokenizer.encode(result.text, add_special_tokens=False)
+        keep = len(answer_ids)
+        while True:  # cut the answer until the observation fits the reserve (template tokens included)
+            text = result.text if keep == len(answer_ids) else self.tokenizer.decode(answer_ids[:keep])
+            merged, mask, aligned = await self.ct_merge_context_msg(
+                previous, previous + [{"role": "user", "content": text}], episode.ids, episode.mask,
+                episode.logprobs or None)
+            overflow = len(mask) - len(episode.mask) - self.reserve
+            if overflow <= 0 or keep == 0:
+                break
+            keep = max(keep - overflow, 0)
+        if overflow > 0:
+            raise ValueError(f"cluster.observation_token_reserve={self.reserve} is smaller than the chat template's "
+                             f"{overflow + self.reserve} tokens around an empty answer")
+        messages.append({"role": "user", "content": text})
+        episode.ids, episode.mask = list(merged.token_ids), mask
         if aligned is not None:
             episode.logprobs = aligned
         episode.turn_ends.append(len(episode.mask))  # h_t ends after obs_t
@@ -137,20 +164,22 @@ class DeltaBeliefGameLoop(AgentLoopBase):
 
     def _output(self, episode: "_Episode", state: GameState, target: Target) -> AgentLoopOutput:
         response_ids = episode.ids[len(episode.prompt_ids):]
+        failed = bool(episode.judge_failed)
         if len(response_ids) != len(episode.mask) or len(response_ids) > self.response_length:
             raise RuntimeError(f"target {target.id}: {len(response_ids)} response ids, {len(episode.mask)} mask "
                                f"entries, rollout.response_length={self.response_length}")
         return AgentLoopOutput(
             prompt_ids=episode.prompt_ids,
             response_ids=response_ids,
-            response_mask=episode.mask,
+            response_mask=[0] * len(episode.mask) if failed else episode.mask,  # a failed game trains nothing
             response_logprobs=episode.logprobs or None,
-            reward_score=1.0 if state.solved else 0.0,
+            reward_score=1.0 if state.solved and not failed else 0.0,
             num_turns=2 * state.num_turns + 1,
             metrics={},
             extra_fields={
-                "db_turn_ends": list(episode.turn_ends),
-                "db_statuses": [t.status for t in state.turns],
+                "db_judge_failed": episode.judge_failed,
+                "db_turn_ends": [0] if failed else list(episode.turn_ends),
+                "db_statuses": [] if failed else [t.status for t in state.turns],
                 "db_moves": list(episode.moves),
                 "db_solved": bool(state.solved),
                 "db_truncated": episode.truncated,
@@ -171,6 +200,7 @@ class _Episode:
         self.turn_ends = [0]  # e_0: h_0 is the prompt
         self.moves: list[str] = []
         self.truncated = False
+        self.judge_failed = ""  # the judge's error when it failed after its retries
 
     def append_template(self, token_ids: list[int]) -> None:
         self.ids += token_ids

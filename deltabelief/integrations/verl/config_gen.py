@@ -29,13 +29,15 @@ game.max_turns 20, max_new_tokens 50   deltabelief section (read by the agent lo
                                        = max_turns · (max_new_tokens + 1 + observation_token_reserve)
 policy.temperature 1.0                 rollout.temperature (belief scoring always uses T = 1)
 policy.eval_* 0.7 / 0.8 / 20           rollout.val_kwargs.temperature / top_p / top_k
-estimator.*                            algorithm.adv_estimator, algorithm.delta_belief.*
+estimator.name, estimator.norm_by_std  algorithm.adv_estimator, algorithm.norm_adv_by_std_in_grpo
+estimator.include_finished, eps        deltabelief.estimator (read by the trainer, see estimator.py)
 =====================================  ================================================================
 
 The runner uses verl's DataProto trainer (``trainer.use_v1=false``): its ``RayPPOTrainer`` exposes
 the actor's ``compute_log_prob`` to the driver, where beliefs are scored (see ``runner.py``).
-The estimator options live in ``algorithm.delta_belief``, a key verl's ``AlgoConfig`` dataclass does
-not declare; verl 0.9.1's trainer passes the ``algorithm`` DictConfig to estimators unconverted.
+Nothing of ours goes into verl's own sections, so each converts to verl's config dataclass
+(``omega_conf_to_dataclass(cfg.algorithm)`` gives an ``AlgoConfig``). Settings under which the
+ΔBelief rewards would be skipped are refused (:func:`check_composed_config`).
 """
 
 from __future__ import annotations
@@ -216,15 +218,11 @@ def _trainer_overrides(config: Config, train_files: str, val_files: str, out_dir
 
 def _algorithm_overrides(config: Config) -> dict[str, Any]:
     est = config.estimator
-    out: dict[str, Any] = {
+    return {
         "algorithm.adv_estimator": ESTIMATOR_PREFIX + est.name,
         "algorithm.norm_adv_by_std_in_grpo": est.norm_by_std,
         "algorithm.use_kl_in_reward": False,
     }
-    for name, value in config_to_dict(est).items():  # the estimator's options, named as in EstimatorConfig
-        if name != "name":
-            out[f"+algorithm.delta_belief.{name}"] = value
-    return out
 
 
 def to_verl_overrides(
@@ -269,7 +267,20 @@ def compose_verl_config(config: Config, **kwargs: str):
         composed = compose(config_name="ppo_trainer", overrides=overrides)
     with open_dict(composed):
         composed[CONFIG_SECTION] = OmegaConf.create(config_to_dict(config))
+    check_composed_config(composed)
     return composed
+
+
+def check_composed_config(verl_config: Any) -> None:
+    """Refuse a verl config under which verl would skip the ΔBelief reward hook.
+
+    In rollout-correction bypass mode verl never calls ``_compute_old_log_prob``, where the trainer
+    scores beliefs and writes the per-turn rewards, so the run would silently train without them.
+    """
+    correction = verl_config.algorithm.get("rollout_correction") or {}
+    if correction.get("bypass_mode", False):
+        raise ConfigError("algorithm.rollout_correction.bypass_mode=true is not supported: verl then skips the "
+                          "old-log-prob pass where ΔBelief rewards are computed; set it to false")
 
 
 def write_agent_loop_config(path: str | Path) -> Path:

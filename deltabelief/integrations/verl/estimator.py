@@ -12,10 +12,13 @@ Registered names: ``delta_belief_turn_grpo`` (ΔBelief-RL's turn-wise GRPO), ``d
 (its unbiased variant: reward-to-go with a leave-one-out baseline per turn index), ``delta_belief_grpo``
 and ``delta_belief_rloo`` (trajectory-level baselines through the same path).
 
-Options: with ``config=None`` every option takes its ``EstimatorConfig`` default (the reference's
-values); otherwise they are read from ``algorithm.delta_belief.<option>`` (named as the fields of
-``EstimatorConfig``: ``include_finished``, ``norm_by_std``, ``eps``), a missing key taking its
-default and an unknown key refused.
+Options: ``norm_by_std`` is verl's own ``algorithm.norm_adv_by_std_in_grpo``; the others
+(``include_finished``, ``eps``, named as the fields of ``EstimatorConfig``) come from our
+``deltabelief.estimator`` section, which :class:`.runner.DeltaBeliefTrainer` hands to
+:func:`use_estimator_options` when it is built. verl passes an estimator only the ``algorithm``
+section, and that section must stay convertible to verl's ``AlgoConfig`` (no keys of ours in it).
+Before any call of :func:`use_estimator_options` every option takes its ``EstimatorConfig`` default
+(the reference's values).
 
 Shape notation: B rows (rollouts), L response tokens, T turns (the most of any row).
 """
@@ -25,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
@@ -33,8 +35,20 @@ from deltabelief.advantages import get_estimator, to_token_level
 from deltabelief.config import EstimatorConfig
 from deltabelief.integrations.verl.config_gen import ESTIMATOR_PREFIX, VERL_ESTIMATORS
 
-OPTIONS_KEY = "delta_belief"
-"""The sub-section of verl's ``algorithm`` config holding the estimator options."""
+_options = EstimatorConfig()
+"""The estimator options of the run this process trains (set by :func:`use_estimator_options`)."""
+
+
+def use_estimator_options(options: EstimatorConfig) -> None:
+    """Make ``options`` (our ``estimator`` section) the options of every registered estimator.
+
+    verl calls estimators on the driver, in the process that builds the trainer, so the trainer
+    sets them there once; verl gives estimators no other way to receive options of ours.
+    """
+    global _options
+    if not isinstance(options, EstimatorConfig):
+        raise TypeError(f"options must be an EstimatorConfig, got {type(options).__name__}")
+    _options = options
 
 
 def turn_boundaries(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,30 +102,14 @@ def decode_turn_rewards(token_level_rewards: torch.Tensor, response_mask: torch.
     return turn_rewards, turn_mask
 
 
-def group_ids(index: Any, batch: int) -> torch.Tensor:
-    """verl's ``index`` (uids, any hashable values) -> [B] long group ids 0..G−1."""
-    if index is None:
-        raise ValueError("group estimators need verl's uid index (data.non_tensor_batch['uid']); got None")
-    values = np.asarray(index, dtype=object)
-    if values.shape != (batch,):
-        raise ValueError(f"index has shape {values.shape} for {batch} rows")
-    _, inverse = np.unique(values.astype(str), return_inverse=True)
-    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long)
-
-
 def estimator_options(name: str, config: Any) -> dict[str, Any]:
-    """Keyword options of core estimator ``name``: defaults, overridden by ``algorithm.delta_belief``."""
-    estimator = get_estimator(name)
-    defaults = dataclasses.asdict(EstimatorConfig())
-    section: dict[str, Any] = {}
-    if config is not None and OPTIONS_KEY in config:
-        section = dict(config[OPTIONS_KEY])
-    unknown = sorted(set(section) - set(defaults) - {"name"})
-    if unknown:
-        raise ValueError(f"unknown key(s) {[f'algorithm.{OPTIONS_KEY}.{k}' for k in unknown]}; "
-                         f"valid keys: {sorted(set(defaults) - {'name'})}")
-    merged = {**defaults, **section}
-    return {option: merged[option] for option in estimator.options}
+    """Keyword options of core estimator ``name``: ours (:func:`use_estimator_options`), with
+    ``norm_by_std`` taken from verl's ``algorithm.norm_adv_by_std_in_grpo`` when ``config`` has it."""
+    merged = dataclasses.asdict(_options)
+    norm = config.get("norm_adv_by_std_in_grpo") if config is not None else None
+    if norm is not None:
+        merged["norm_by_std"] = bool(norm)
+    return {option: merged[option] for option in get_estimator(name).options}
 
 
 def make_verl_estimator(name: str):
@@ -120,9 +118,10 @@ def make_verl_estimator(name: str):
     def compute(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any = None,
                 config: Any = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         turn_rewards, turn_mask = decode_turn_rewards(token_level_rewards, response_mask)  # [B, T]
-        groups = group_ids(index, turn_rewards.shape[0]).to(turn_rewards.device)  # [B]
+        if index is None:
+            raise ValueError("group estimators need verl's uid index (data.non_tensor_batch['uid']); got None")
         with torch.no_grad():
-            turn_adv = get_estimator(name)(turn_rewards, turn_mask, groups, **estimator_options(name, config))
+            turn_adv = get_estimator(name)(turn_rewards, turn_mask, list(index), **estimator_options(name, config))
             advantages = to_token_level(turn_adv, response_mask, turn_mask)  # [B, L]
         return advantages, advantages  # verl's group estimators return advantages as returns too
 

@@ -4,9 +4,9 @@ verl trains on ``token_level_rewards`` [B, L] over the response tokens. This rew
 a rollout batch plus its scored beliefs into that tensor:
 
 1. ΔBelief_t = log b_t − log b_{t−1} (:func:`deltabelief.belief.delta_beliefs`);
-2. r_t = r_eog + λ·max(ΔBelief_t, 0) + pen_t (:func:`deltabelief.rewards.turn_rewards`), with r_eog
-   on every turn for turn-level estimators and on the last turn for trajectory-level ones (read
-   from the estimator's declared level, never its name);
+2. r_t = r_eog + λ·max(ΔBelief_t, 0) + pen_t from :func:`deltabelief.rewards.step_rewards`, the one
+   function both trainers call (it places r_eog by the estimator's level and decides what an
+   'unanswerable' move costs);
 3. r_t written at the last token of the policy's t-th message (:func:`place_turn_rewards`), which
    is exactly where :mod:`.estimator` reads it back.
 
@@ -37,7 +37,7 @@ from deltabelief.advantages import get_estimator
 from deltabelief.belief import delta_beliefs
 from deltabelief.config import RewardConfig
 from deltabelief.integrations.verl.estimator import turn_boundaries
-from deltabelief.rewards import reward_components
+from deltabelief.rewards import step_rewards
 from deltabelief.training.metrics import belief_metrics, reward_metrics
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,8 @@ class DeltaBeliefRewardManager(AbstractRewardManager):
             raise TypeError(f"unexpected argument(s) {sorted(kwargs)} for {type(self).__name__}")
         self.tokenizer = tokenizer
         self.reward = reward if reward is not None else RewardConfig()
-        level = get_estimator(estimator_name).level  # 'turn' -> r_eog on every turn
-        self.outcome_on = "every_turn" if level == "turn" else "last_turn"
-        self.unanswerable_penalty = (self.reward.invalid_penalty if unanswerable_as_invalid
-                                     else self.reward.unanswerable_penalty)
+        self.estimator_level = get_estimator(estimator_name).level
+        self.unanswerable_as_invalid = unanswerable_as_invalid
 
     def __call__(self, data: DataProto, return_dict: bool = False) -> torch.Tensor | dict[str, Any]:
         """[B, L] token-level rewards; with ``return_dict`` also ``reward_extra_info`` and ``metrics``."""
@@ -116,15 +114,9 @@ class DeltaBeliefRewardManager(AbstractRewardManager):
             raise ValueError(f"{BELIEF_KEY} has {log_beliefs.shape[1]} columns for {width} turns (needs T+1)")
         delta = delta_beliefs(log_beliefs[:, : width + 1].float(), belief_mask[:, : width + 1].bool())  # [B, T]
         solved = torch.as_tensor(np.asarray(data.non_tensor_batch["db_solved"], dtype=bool))  # [B]
-        r = self.reward
-        parts = reward_components(
-            delta.delta, statuses, turn_mask, solved,
-            belief_reward_weight=r.belief_reward_weight, win_reward=r.win_reward, turn_penalty=r.turn_penalty,
-            invalid_penalty=r.invalid_penalty, repeated_penalty=r.repeated_penalty,
-            unanswerable_penalty=self.unanswerable_penalty, clip_negative_belief=r.clip_negative_belief,
-            outcome_on=self.outcome_on,
-        )
-        turn_rewards = parts.total()  # [B, T] r_t
+        turn_rewards = step_rewards(delta.delta, statuses, turn_mask, solved, reward=self.reward,
+                                    unanswerable_as_invalid=self.unanswerable_as_invalid,
+                                    estimator_level=self.estimator_level).total()  # [B, T] r_t
         reward_tensor = place_turn_rewards(turn_rewards, response_mask)  # [B, L]
         if not return_dict:
             return reward_tensor

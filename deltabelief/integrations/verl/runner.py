@@ -37,13 +37,15 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 from deltabelief.config import Config
 from deltabelief.games.base import Target
 from deltabelief.integrations.verl import agent_loop as _agent_loop  # noqa: F401  (registers the loop)
-from deltabelief.integrations.verl import estimator as _estimator  # noqa: F401  (registers estimators)
+from deltabelief.integrations.verl.estimator import use_estimator_options  # (also registers the estimators)
 from deltabelief.integrations.verl.belief import TURN_ENDS_KEY, score_beliefs
 from deltabelief.integrations.verl.config_gen import (
-    AGENT_LOOP_NAME, CONFIG_SECTION, compose_verl_config, config_from_section, write_agent_loop_config,
+    AGENT_LOOP_NAME, CONFIG_SECTION, check_composed_config, compose_verl_config, config_from_section,
+    write_agent_loop_config,
 )
 from deltabelief.integrations.verl.reward_manager import BELIEF_KEY, BELIEF_MASK_KEY, DeltaBeliefRewardManager
 from deltabelief.session import build_game
+from deltabelief.shared_storage import is_local_path, require_on_shared_storage
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +53,23 @@ log = logging.getLogger(__name__)
 class DeltaBeliefTrainer(RayPPOTrainer):
     """verl's PPO trainer with ΔBelief per-turn rewards scored by the actor (see the module docstring)."""
 
+    def __init__(self, config: DictConfig, *args: Any, **kwargs: Any):
+        check_composed_config(config)
+        use_estimator_options(config_from_section(config[CONFIG_SECTION]).estimator)
+        super().__init__(config, *args, **kwargs)
+
     def _compute_old_log_prob(self, batch: DataProto):
         if TURN_ENDS_KEY in batch.non_tensor_batch:
             self._write_delta_belief_rewards(batch)
         return super()._compute_old_log_prob(batch)
 
     def _update_actor(self, batch: DataProto) -> DataProto:
+        metrics = self.__dict__.pop("_delta_belief_metrics", None)  # this step's, never a stale step's
+        if not metrics or not any(name.startswith("belief/") for name in metrics):
+            raise RuntimeError("the actor update has no ΔBelief metrics for this step: the reward hook "
+                               "(_compute_old_log_prob) did not run, so the step would train without ΔBelief rewards")
         output = super()._update_actor(batch)
-        output.meta_info["metrics"].update(getattr(self, "_delta_belief_metrics", {}))
+        output.meta_info["metrics"].update(metrics)
         return output
 
     def _write_delta_belief_rewards(self, batch: DataProto) -> None:
@@ -79,7 +90,9 @@ class DeltaBeliefTrainer(RayPPOTrainer):
         rm_scores = batch.batch["rm_scores"]  # [B, L], the tensor fit() already holds as the reward
         rm_scores.copy_(out["reward_tensor"].to(rm_scores.device, rm_scores.dtype))
         truncated = [bool(v) for v in batch.non_tensor_batch["db_truncated"]]
-        self._delta_belief_metrics = {**out["metrics"], "rollout/truncated_rate": sum(truncated) / len(truncated)}
+        failed = exclude_failed_games(batch)
+        self._delta_belief_metrics = {**out["metrics"], "rollout/truncated_rate": sum(truncated) / len(truncated),
+                                      "judge/failed_games": float(len(failed))}
 
     def _actor_log_probs(self, rows: DataProto) -> torch.Tensor:
         """[M, R] log π of the rows' response tokens from the actor worker group (temperature 1)."""
@@ -92,6 +105,27 @@ class DeltaBeliefTrainer(RayPPOTrainer):
         output = self.actor_rollout_wg.compute_log_prob(batch_td)
         log_probs = no_padding_2_padding(tu.get(output, "log_probs"), batch_td)  # [M + pad, R]
         return log_probs[: len(rows)].float()
+
+
+def exclude_failed_games(batch: DataProto) -> list[int]:
+    """Take games whose judge failed out of the update; returns their rows.
+
+    The agent loop already gave them an all-0 ``response_mask`` and no turns (no loss, no reward);
+    here each also gets a group of its own (a fresh ``uid``), so it neither counts in its group's
+    statistics nor gets an advantage (a group of one has zero advantage). A step where every game
+    failed is an outage, not bad luck: it raises with the first error.
+    """
+    errors = [str(e) for e in batch.non_tensor_batch["db_judge_failed"]]
+    failed = [row for row, error in enumerate(errors) if error]
+    if failed and len(failed) == len(errors):
+        raise RuntimeError(f"the judge failed for all {len(errors)} games of the step; first error: {errors[failed[0]]}")
+    uids = batch.non_tensor_batch["uid"]
+    for row in failed:
+        uids[row] = f"{uids[row]}/judge-failed/{row}"
+    if failed:
+        log.warning("%d of %d games left out of the update after judge failures, e.g. %s",
+                    len(failed), len(errors), errors[failed[0]])
+    return failed
 
 
 @ray.remote
@@ -231,13 +265,24 @@ def export_hf_model(actor_dir: str | Path, target_dir: str | Path) -> Path:
     return out
 
 
+def require_shared_paths(config: Config, targets_path: str | Path, out_dir: str | Path) -> None:
+    """The model (unless a hub id), the targets and the output directory are on the shared volume."""
+    paths: dict[str, str | Path] = {"targets": targets_path, "out_dir": out_dir}
+    if is_local_path(config.policy.model):
+        paths["policy.model"] = config.policy.model
+    require_on_shared_storage(paths)
+
+
 def run_verl(config: Config, targets_path: str | Path, out_dir: str | Path,
              exclude_ids: Sequence[str] = ()) -> dict[str, Any]:
     """Train ``config`` on a Ray cluster with verl (FSDP actor, vLLM rollouts); GPU only.
 
     Joins the running Ray cluster when there is one (verl calls ``ray.init`` otherwise), trains,
     and exports the last checkpoint as a transformers directory. Returns where everything went.
+    Every path verl's workers read or write must lie under ``$DELTABELIEF_SHARED_DIR``; anything
+    else is refused here, before any work.
     """
+    require_shared_paths(config, targets_path, out_dir)
     verl_config = prepare_verl_run(config, targets_path, out_dir, exclude_ids)
     run_ppo(verl_config, task_runner_class=DeltaBeliefTaskRunner)
     out = Path(out_dir)
