@@ -124,6 +124,9 @@ class DataConfig:
     guess_below: int = 1
     """Teachers stop splitting once at most this many nouns remain and guess them in a random
     order (1: guess only the last one left)."""
+    repeat_epsilon: float = 0.0
+    """Probability that a teacher turn re-asks an earlier question instead (the game answers
+    'repeated'): demonstrations of going on after a repeat, which the warm start does not imitate."""
     only_solved: bool = False
 
 
@@ -198,6 +201,9 @@ class SFTConfig:
     """Rows of trajectories.parquet to train on (its ``split`` column); empty: every row."""
     seed: int = 0
     """Seeds the shuffling of conversations each epoch."""
+    skip_rejected_moves: bool = True
+    """Give no loss to moves the game rejected ('repeated', 'invalid'): learn what follows them,
+    never the mistake itself."""
     packing: Literal["none", "prefix_tree"] = "none"
     """'prefix_tree': a batch is neighbouring conversations in token order, packed so shared
     prefixes run once (same loss; teacher games share most of their tokens)."""
@@ -380,7 +386,8 @@ RANGES: dict[type, dict[str, Range]] = {
         "timeout_s": POSITIVE, "max_retries": NON_NEGATIVE, "backoff_s": NON_NEGATIVE, "temperature": NON_NEGATIVE,
         "max_tokens": COUNT, "batch_size": COUNT, "max_concurrency": COUNT,
     },
-    DataConfig: {"split": PROBABILITY, "num_games": COUNT, "noise_epsilon": PROBABILITY, "guess_below": COUNT},
+    DataConfig: {"split": PROBABILITY, "num_games": COUNT, "noise_epsilon": PROBABILITY, "guess_below": COUNT,
+                 "repeat_epsilon": FRACTION_BELOW_ONE},
     BeliefConfig: {"batch_size": COUNT},
     RewardConfig: {"belief_reward_weight": NON_NEGATIVE},
     EstimatorConfig: {"eps": POSITIVE, "gigpo_gamma": PROBABILITY, "gigpo_omega": NON_NEGATIVE},

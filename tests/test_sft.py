@@ -141,3 +141,22 @@ def test_prefix_tree_sft_learns_the_moves(tokenizer):
     result = train_sft(model, tokenizer, [_branch("No.", "Is it a car?"), _branch("Yes.", "Is it a cat?")],
                        sft, OptimConfig(), progress=False)
     assert result.losses[-1] < 0.3 * result.losses[0]
+
+
+def test_a_rejected_move_stays_in_the_context_without_loss(tmp_path, tokenizer):
+    repeated = CONVERSATION[:4] + [{"role": "assistant", "content": "Is it alive?"},
+                                   {"role": "user", "content": "You have asked that already."}] + CONVERSATION[4:]
+    frame = pd.DataFrame({"id": ["a"], "split": ["train"], "messages": [repeated],
+                          "statuses": [["no", "repeated", "finished"]]})
+    path = tmp_path / "trajectories.parquet"
+    frame.to_parquet(path)
+    (marked,) = load_conversations(path, "train", skip_rejected=True)
+    assert [m.get("trained", True) for m in marked if m["role"] == "assistant"] == [True, False, True]
+    example = build_example(tokenizer, marked, 4096)
+    plain = build_example(tokenizer, repeated, 4096)
+    assert example.input_ids == plain.input_ids  # the repeat is still in the context ...
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    move = tokenizer("Is it alive?", add_special_tokens=False)["input_ids"] + [end]
+    assert sum(plain.loss_mask) - sum(example.loss_mask) == len(move)  # ... but only once a target
+    (unmarked,) = load_conversations(path, "train", skip_rejected=False)
+    assert all("trained" not in m for m in unmarked)

@@ -175,3 +175,16 @@ def test_guess_below_guesses_the_last_few_nouns_in_a_random_order_and_still_solv
     assert len(orders) > 1  # the guessing order is drawn, not fixed
     with pytest.raises(ValueError, match="guess_below"):
         GreedyTeacher(kb, guess_below=0)
+
+
+def test_repeat_epsilon_re_asks_an_answered_question_and_the_game_calls_it_repeated():
+    kb = load_kb()
+    game = get_game("twenty_questions", max_turns=20)
+    targets = [Target(id=n, task="twenty_questions", target=n) for n in kb.nouns[:40]]
+    games = play_teacher_games(GreedyTeacher(kb, guess_below=4), targets, game, get_judge("kb", kb=kb), kb,
+                               random.Random(0), repeat_epsilon=0.3)
+    repeats = [(g, t) for g in games for t, s in enumerate(g.statuses) if s == "repeated"]
+    assert repeats and all(g.moves[t] in g.moves[:t] for g, t in repeats)
+    assert all(g.state.solved for g in games)  # a repeat costs a turn, never the game here
+    with pytest.raises(ValueError, match="repeat_epsilon"):
+        play_teacher_games(GreedyTeacher(kb), targets, game, get_judge("kb", kb=kb), kb, random.Random(0), 1.0)

@@ -169,7 +169,7 @@ def play_teachers(data: DataConfig, game_config: GameConfig, table: TargetTable)
     rng = random.Random(data.seed)
     teacher = make_teacher(data.teacher, kb, data.noise_epsilon, data.guess_below)
     scheduled = schedule_targets(table.targets, data.num_games, data.seed)
-    games = play_teacher_games(teacher, scheduled, game, judge, kb, rng)
+    games = play_teacher_games(teacher, scheduled, game, judge, kb, rng, data.repeat_epsilon)
     split_of = {t.id: s for t, s in zip(table.targets, table.splits)}
     rows = trajectory_rows(games, teacher.name, split_of, game)
     turns = [r["num_turns"] for r in rows]

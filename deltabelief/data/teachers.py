@@ -153,8 +153,17 @@ def play_teacher_games(
     judge: "Judge",
     kb: "KnowledgeBase",
     rng: random.Random,
+    repeat_epsilon: float = 0.0,
 ) -> list[TeacherGame]:
-    """Play one game per target, all games in step (one judge batch per turn)."""
+    """Play one game per target, all games in step (one judge batch per turn).
+
+    With ``repeat_epsilon`` > 0 a turn re-asks one of the game's earlier questions with that
+    probability (the game answers 'repeated'), so the games show how to go on after a repeat;
+    the warm start learns from what follows but never imitates the repeat itself
+    (``sft.skip_rejected_moves``).
+    """
+    if not 0.0 <= repeat_epsilon < 1.0:
+        raise ValueError(f"repeat_epsilon must be in [0, 1), got {repeat_epsilon}")
     games = [TeacherGame(state=game.new_state(t)) for t in targets]
     consistent: list[list[str]] = []
     for g in games:
@@ -165,8 +174,14 @@ def play_teacher_games(
         active = [i for i, g in enumerate(games) if not g.state.done]
         if not active:
             return games
-        moves = [teacher.next_move(consistent[i], rng, games[i].state.max_turns - games[i].state.num_turns)
-                 for i in active]
+        moves = []
+        for i in active:
+            g = games[i]
+            move = teacher.next_move(consistent[i], rng, g.state.max_turns - g.state.num_turns)
+            asked = [m for m, s in zip(g.moves, g.statuses) if s in ("yes", "no")]
+            if asked and g.state.max_turns - g.state.num_turns > 1 and rng.random() < repeat_epsilon:
+                move = rng.choice(asked)
+            moves.append(move)
         play_moves(game, judge, [games[i].state for i in active], moves)
         for i in active:
             g = games[i]

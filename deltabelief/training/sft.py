@@ -73,7 +73,8 @@ def build_example(tokenizer, messages: Sequence[Message], max_length: int, where
 
     The trailing messages after the last assistant move carry no loss and are left out.
     """
-    messages = [dict(m) for m in messages]
+    trained = [m.get("trained", True) for m in messages]
+    messages = [{k: v for k, v in m.items() if k != "trained"} for m in messages]
     roles = [m.get("role") for m in messages]
     if "assistant" not in roles:
         raise ValueError(f"{where}: no assistant message to learn from (roles {roles})")
@@ -96,14 +97,23 @@ def build_example(tokenizer, messages: Sequence[Message], max_length: int, where
         move = encode(tokenizer, content) + encode(tokenizer, eot)  # trained: the move and its end marker
         tail = encode(tokenizer, body[len(content) + len(eot) :])  # e.g. the newline after the marker
         ids += context + move + tail
-        mask += [0] * len(context) + [1] * len(move) + [0] * len(tail)
+        mask += [0] * len(context) + [int(trained[i])] * len(move) + [0] * len(tail)
         done_text = full
     truncated = len(ids) > max_length
     return SFTExample(ids[:max_length], mask[:max_length], truncated)
 
 
-def load_conversations(path: str | Path, split: str = "train") -> list[list[Message]]:
-    """The ``messages`` of every row of a trajectories parquet (only ``split`` rows unless empty)."""
+REJECTED_STATUSES = ("repeated", "invalid")
+"""Moves the game refused: with ``sft.skip_rejected_moves`` they are context, never targets."""
+
+
+def load_conversations(path: str | Path, split: str = "train", skip_rejected: bool = False) -> list[list[Message]]:
+    """The ``messages`` of every row of a trajectories parquet (only ``split`` rows unless empty).
+
+    With ``skip_rejected`` an assistant move whose status (the ``statuses`` column, when the
+    file has one) is in ``REJECTED_STATUSES`` is marked ``"trained": False``: it stays in the
+    context, without loss.
+    """
     import pandas as pd
 
     frame = pd.read_parquet(path)
@@ -114,11 +124,20 @@ def load_conversations(path: str | Path, split: str = "train") -> list[list[Mess
         frame = frame[frame["split"] == split]
         if frame.empty:
             raise ValueError(f"{path}: no rows with split == {split!r}")
+    marked = skip_rejected and "statuses" in frame.columns  # conversations from elsewhere may have none
+    statuses = frame["statuses"] if marked else [None] * len(frame)
     conversations = []
-    for row_id, messages in zip(frame.get("id", frame.index), frame["messages"]):
+    for row_id, messages, row_statuses in zip(frame.get("id", frame.index), frame["messages"], statuses):
         items = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
         if not items:
             raise ValueError(f"{path}: row {row_id!r} has no messages")
+        if row_statuses is not None:
+            moves = [m for m in items if m["role"] == "assistant"]
+            if len(moves) != len(row_statuses):
+                raise ValueError(f"{path}: row {row_id!r} has {len(moves)} moves but {len(row_statuses)} statuses")
+            for move, status in zip(moves, row_statuses):
+                if status in REJECTED_STATUSES:
+                    move["trained"] = False
         conversations.append(items)
     return conversations
 
@@ -233,7 +252,7 @@ def warm_start(config: Config, trajectories: str | Path, out_dir: str | Path, *,
     policy = Policy.from_config(config.policy, seed=config.sft.seed)
     result = SFTResult(None)
     if config.sft.enabled:
-        conversations = load_conversations(trajectories, config.sft.split)
+        conversations = load_conversations(trajectories, config.sft.split, config.sft.skip_rejected_moves)
         result = train_sft(policy.model, policy.tokenizer, conversations, config.sft, config.optim,
                            progress=progress, log_fn=log_fn, num_threads=config.policy.num_threads)
     else:
