@@ -21,6 +21,8 @@ from deltabelief.tracking import (
     KICKOFF_TIME,
     NO_PARENT,
     PARENT_VERSION,
+    START_WEIGHTS,
+    WEIGHTS,
     Tracker,
     log_transformers_model,
     register_model,
@@ -179,7 +181,7 @@ def starting_model_stage(config: Config, trajectories: Path, out_dir: Path, ctx:
 
     def body(tracker: Tracker):
         model_dir = _download_model(ctx.tracking_uri, champion.source, out_dir / "champion")
-        tags = {PARENT_VERSION: str(champion.version), "deltabelief.start_weights": weights_digest(model_dir)}
+        tags = {PARENT_VERSION: str(champion.version), START_WEIGHTS: weights_digest(model_dir)}
         tracker.set_tags(tags)
         ctx.parent().set_tags(tags)
         return model_dir
@@ -288,7 +290,7 @@ def register_stage(config: Config, model_dir: Path, summary: EvalSummary, ctx: R
             "deltabelief.git_commit": parent_tags.get("deltabelief.git_commit", "unknown"),
             DATA_VERSION: parent_tags.get(DATA_VERSION, "unknown"),
             PARENT_VERSION: parent_tags.get(PARENT_VERSION, NO_PARENT),
-            "deltabelief.weights": weights_digest(model_dir),
+            WEIGHTS: weights_digest(model_dir),
             "deltabelief.pipeline_run": ctx.parent_run_id,
             "eval.suite_signature": summary.suite_signature,
         }

@@ -69,8 +69,10 @@ def describe(config: TrackingConfig | None = None) -> str:
             lines.append(f"       gate: {tags['promotion.reason']}")
     if not versions:
         lines.append("  no versions yet")
-    elif CHAMPION in alias_of:
-        lines.append(f"  champion lineage: {' -> '.join(f'v{v}' for v in lineage(versions, str(alias_of[CHAMPION])))}")
+    for alias in (CHAMPION, CHALLENGER):
+        if alias in alias_of:
+            chain = lineage(versions, str(alias_of[alias]))
+            lines.append(f"  {alias} lineage: {' -> '.join(f'v{v}' for v in chain)}")
     return "\n".join(lines)
 
 

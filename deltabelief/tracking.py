@@ -32,6 +32,10 @@ NO_PARENT = "none"
 DATA_VERSION = "deltabelief.data_version"
 KICKOFF_TIME = "deltabelief.kickoff_time"
 """The schedule's kickoff time of a nightly retraining (UTC, ISO 8601)."""
+WEIGHTS = "deltabelief.weights"
+"""A digest of a version's tensors (``nightly.weights_digest``)."""
+START_WEIGHTS = "deltabelief.start_weights"
+"""On a pipeline run: the digest of the weights its training started from."""
 MAX_PARAM_LENGTH = 6000
 
 

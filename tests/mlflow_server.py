@@ -12,7 +12,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-STARTUP_SECONDS = 180  # generous: the server imports MLflow on a busy, niced core
+STARTUP_SECONDS = 600  # generous: on a busy machine the server takes minutes to import MLflow
 
 
 def _free_port() -> int:
