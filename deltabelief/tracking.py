@@ -207,7 +207,9 @@ def register_model(
         client.create_registered_model(name)
     if run_id is None and model_uri.startswith("runs:/"):
         run_id = model_uri.split("/")[1]
-    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {})
+    # A logged model's URI (models:/m-<id>) must come with its id: a tracking server checks the pair.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}, model_id=model_id)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
 
