@@ -291,7 +291,14 @@ class TrackingConfig:
     registered_model_name: str = "deltabelief-policy"
     gate_metric: str = "twenty_questions/success_mean"
     gate_margin: float = 0.0
-    """The candidate must beat the champion by more than this to take the alias."""
+    """The lower confidence bound on the candidate's paired improvement over the champion must
+    exceed this for the candidate to take the alias."""
+    gate_level: float = 0.95
+    """Confidence level of that one-sided bound (bootstrap over the evaluation targets)."""
+    gate_resamples: int = 2000
+    """Bootstrap resamples of the targets."""
+    promotion_lock_timeout: float = 600.0
+    """Seconds a promotion waits for another pipeline's promotion to finish before failing."""
 
 
 @dataclass

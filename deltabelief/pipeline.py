@@ -15,7 +15,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from deltabelief.config import Config, TrackingConfig, config_hash, override
-from deltabelief.tracking import Tracker, log_transformers_model, register_model, resolve_tracking_uri
+from deltabelief.nightly import draw_training_targets, weights_digest
+from deltabelief.tracking import (
+    DATA_VERSION,
+    KICKOFF_TIME,
+    NO_PARENT,
+    PARENT_VERSION,
+    START_WEIGHTS,
+    WEIGHTS,
+    Tracker,
+    log_transformers_model,
+    register_model,
+    resolve_tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,8 @@ class EvalSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     report_dir: str = ""
     suite_signature: str = ""
+    target_scores: dict[str, float] = field(default_factory=dict)
+    """Per-target values of the gate metric (empty when its suite was not evaluated); the gate pairs them."""
 
 
 def file_digest(path: str | Path) -> str:
@@ -81,9 +95,9 @@ def _run_stage(ctx: RunContext, name: str, body):
 # ---------------------------------------------------------------- stages
 
 
-def start_pipeline(config: Config, run_name: str = "pipeline") -> RunContext:
-    """Open the parent run and record the config, its hash and the code version."""
-    tracker = Tracker.start(config.tracking, run_name, tags={"deltabelief.preset": config.name})
+def start_pipeline(config: Config, run_name: str = "pipeline", tags: dict[str, str] | None = None) -> RunContext:
+    """Open the parent run and record the config, its hash, the code version and ``tags``."""
+    tracker = Tracker.start(config.tracking, run_name, tags={"deltabelief.preset": config.name, **(tags or {})})
     tracker.log_config(config)
     return RunContext(resolve_tracking_uri(config.tracking), tracker.run_id, config.tracking.experiment)
 
@@ -106,7 +120,7 @@ def record_synthesis(targets: Path, trajectories: Path | None, report: Path, ctx
     that takes the data from Flyte's cache still records where its data came from."""
 
     def body(tracker: Tracker):
-        tags = {"deltabelief.data_version": file_digest(targets), "deltabelief.data_uri": str(targets)}
+        tags = {DATA_VERSION: file_digest(targets), "deltabelief.data_uri": str(targets)}
         tracker.log_artifact(report, "data")
         tracker.log_artifact(targets, "data")
         if trajectories:
@@ -150,6 +164,45 @@ def warm_start_stage(config: Config, trajectories: Path, out_dir: Path, ctx: Run
         return warm_start(config, trajectories, out_dir, log_fn=lambda m, step: tracker.log(m, step))
 
     return _run_stage(ctx, "warm_start", body)
+
+
+def starting_model_stage(config: Config, trajectories: Path, out_dir: Path, ctx: RunContext) -> Path:
+    """The model a retraining continues from: the registry's champion, else a fresh warm start.
+
+    Starting from the champion tags the stage run and the pipeline run with its version
+    (``deltabelief.parent_version``, copied onto the version this run registers) and the
+    digest of the weights it starts from (``deltabelief.start_weights``).
+    """
+    from deltabelief.tracking import champion_version
+
+    champion = champion_version(ctx.tracking_uri, config.tracking.registered_model_name)
+    if champion is None:
+        return warm_start_stage(config, trajectories, out_dir / "warm_start", ctx)
+
+    def body(tracker: Tracker):
+        model_dir = _download_model(ctx.tracking_uri, champion.source, out_dir / "champion")
+        tags = {PARENT_VERSION: str(champion.version), START_WEIGHTS: weights_digest(model_dir)}
+        tracker.set_tags(tags)
+        ctx.parent().set_tags(tags)
+        return model_dir
+
+    return _run_stage(ctx, "start-from-champion", body)
+
+
+def draw_targets_stage(config: Config, targets: Path, out_path: Path, ctx: RunContext) -> Path:
+    """A fresh draw of training targets (as many as the run's steps visit), seeded by
+    ``train.seed``; its digest becomes the run's data version."""
+
+    def body(tracker: Tracker):
+        count = config.train.num_steps * config.train.targets_per_step
+        drawn = draw_training_targets(targets, count, config.train.seed, out_path)
+        tags = {DATA_VERSION: file_digest(drawn), "deltabelief.data_uri": str(drawn)}
+        tracker.log_artifact(drawn, "data")
+        tracker.set_tags(tags)
+        ctx.parent().set_tags(tags)
+        return drawn
+
+    return _run_stage(ctx, "draw-targets", body)
 
 
 def calibrate_stage(config: Config, model_dir: Path, trajectories: Path, out_dir: Path, ctx: RunContext) -> tuple[str, list[str]]:
@@ -203,7 +256,10 @@ def train_stage_with_threads(num_threads: int, *args) -> Path:
 
 
 def evaluate_stage(config: Config, model_dir: Path, out_dir: Path, ctx: RunContext, stage: str = "evaluate") -> EvalSummary:
+    import pandas as pd
+
     from deltabelief.evaluation import evaluate
+    from deltabelief.gate import target_scores
     from deltabelief.policy.policy import Policy
 
     def body(tracker: Tracker):
@@ -216,7 +272,9 @@ def evaluate_stage(config: Config, model_dir: Path, out_dir: Path, ctx: RunConte
         tracker.log_artifact(result.out_dir, "evaluation")
         signature = suite_signature(config)
         tracker.set_tags({"eval.suite_signature": signature})
-        return EvalSummary(dict(result.metrics), str(result.out_dir), signature)
+        gate = config.tracking.gate_metric
+        scores = target_scores(pd.read_parquet(result.per_target_path), gate) if gate in result.metrics else {}
+        return EvalSummary(dict(result.metrics), str(result.out_dir), signature, scores)
 
     return _run_stage(ctx, stage, body)
 
@@ -256,11 +314,16 @@ def register_stage(config: Config, model_dir: Path, summary: EvalSummary, ctx: R
         tags = {
             "deltabelief.config_hash": config_hash(config),
             "deltabelief.git_commit": parent_tags.get("deltabelief.git_commit", "unknown"),
-            "deltabelief.data_version": parent_tags.get("deltabelief.data_version", "unknown"),
+            DATA_VERSION: parent_tags.get(DATA_VERSION, "unknown"),
+            PARENT_VERSION: parent_tags.get(PARENT_VERSION, NO_PARENT),
+            WEIGHTS: weights_digest(model_dir),
             "deltabelief.pipeline_run": ctx.parent_run_id,
             "eval.suite_signature": summary.suite_signature,
         }
-        version = register_model(ctx.tracking_uri, model_uri, config.tracking.registered_model_name, tags)
+        if KICKOFF_TIME in parent_tags:
+            tags[KICKOFF_TIME] = parent_tags[KICKOFF_TIME]
+        version = register_model(ctx.tracking_uri, model_uri, config.tracking.registered_model_name, tags,
+                                 run_id=tracker.run_id)
         tracker.set_tags({"registry.version": version, "registry.model_uri": model_uri})
         return version
 
@@ -268,25 +331,27 @@ def register_stage(config: Config, model_dir: Path, summary: EvalSummary, ctx: R
 
 
 def promote_stage(config: Config, version: str, summary: EvalSummary, ctx: RunContext, out_dir: Path) -> dict:
-    """Move 'champion' to ``version`` if it beats the champion on the gate metric by the margin."""
-    from deltabelief.tracking import champion_version, promote
+    """Move 'champion' to ``version`` if its paired improvement over the champion clears the gate."""
+    from deltabelief.tracking import champion_version, promote, record_target_scores, stored_target_scores
 
     def body(tracker: Tracker):
-        gate = config.tracking.gate_metric
+        gate, tracking = config.tracking.gate_metric, config.tracking
         if gate not in summary.metrics:
             raise KeyError(f"gate metric {gate!r} not in the evaluation metrics {sorted(summary.metrics)}")
-        name = config.tracking.registered_model_name
+        name = tracking.registered_model_name
         champion = champion_version(ctx.tracking_uri, name)
-        champion_score = None
-        if champion is not None and champion.tags.get("gate.suite_signature") != summary.suite_signature:
-            # Scores from another suite are not comparable: re-evaluate the champion here.
+        if champion is not None and stored_target_scores(
+            ctx.tracking_uri, name, str(champion.version), gate_metric=gate, suite_signature=summary.suite_signature
+        ) is None:
+            # No per-target scores on this suite to pair with: re-evaluate the champion here.
             champion_dir = _download_model(ctx.tracking_uri, champion.source, out_dir / "champion_model")
             champion_eval = evaluate_stage(config, champion_dir, out_dir / "champion_eval", ctx, "evaluate-champion")
-            champion_score = champion_eval.metrics[gate]
+            record_target_scores(ctx.tracking_uri, name, str(champion.version), gate_metric=gate,
+                                 suite_signature=summary.suite_signature, scores=champion_eval.target_scores)
         decision = promote(
-            ctx.tracking_uri, name, version, gate_metric=gate, candidate_score=summary.metrics[gate],
-            suite_signature=summary.suite_signature, margin=config.tracking.gate_margin,
-            champion_score=champion_score,
+            ctx.tracking_uri, name, version, gate_metric=gate, candidate_scores=summary.target_scores,
+            suite_signature=summary.suite_signature, margin=tracking.gate_margin, level=tracking.gate_level,
+            resamples=tracking.gate_resamples, lock_timeout=tracking.promotion_lock_timeout,
         )
         tracker.log_dict(asdict(decision), "promotion_decision.json")
         ctx.parent().set_tags({"promotion.promoted": str(decision.promoted), "promotion.reason": decision.reason})

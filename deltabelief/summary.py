@@ -1,4 +1,4 @@
-"""Say where a pipeline run's results are: the MLflow store, its runs and the registry aliases.
+"""Say where a pipeline run's results are: the MLflow store, its runs, the registry and its lineage.
 
 ``python -m deltabelief.summary`` (run by ``make demo``) prints it for the newest pipeline run.
 """
@@ -8,7 +8,16 @@ from __future__ import annotations
 import sys
 
 from deltabelief.config import TrackingConfig
-from deltabelief.tracking import CHALLENGER, CHAMPION, _client, resolve_tracking_uri
+from deltabelief.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    DATA_VERSION,
+    KICKOFF_TIME,
+    NO_PARENT,
+    PARENT_VERSION,
+    _client,
+    resolve_tracking_uri,
+)
 
 
 # What a stage's line shows, when the run has it (the last value of a per-step metric).
@@ -51,11 +60,29 @@ def describe(config: TrackingConfig | None = None) -> str:
     alias_of = client.get_registered_model(config.registered_model_name).aliases if versions else {}
     for version in sorted(versions, key=lambda v: int(v.version)):
         aliases = ",".join(a for a in (CHAMPION, CHALLENGER) if str(alias_of.get(a)) == str(version.version))
-        reason = version.tags.get("promotion.reason", "")
-        lines.append(f"  v{version.version:<3} {aliases or '-':20s} {reason}")
+        tags = version.tags
+        parent = tags.get(PARENT_VERSION, NO_PARENT)
+        origin = f"from v{parent}" if parent != NO_PARENT else "from warm start"
+        kickoff = f" kickoff {tags[KICKOFF_TIME]}" if KICKOFF_TIME in tags else ""
+        lines.append(f"  v{version.version:<3} {aliases or '-':20s} {origin}, data {tags.get(DATA_VERSION, '?')}{kickoff}")
+        if "promotion.reason" in tags:
+            lines.append(f"       gate: {tags['promotion.reason']}")
     if not versions:
         lines.append("  no versions yet")
+    for alias in (CHAMPION, CHALLENGER):
+        if alias in alias_of:
+            chain = lineage(versions, str(alias_of[alias]))
+            lines.append(f"  {alias} lineage: {' -> '.join(f'v{v}' for v in chain)}")
     return "\n".join(lines)
+
+
+def lineage(versions, newest: str) -> list[str]:
+    """Version numbers from the first ancestor of ``newest`` down to it, following parent tags."""
+    parent_of = {str(v.version): v.tags.get(PARENT_VERSION, NO_PARENT) for v in versions}
+    chain = [newest]
+    while parent_of.get(chain[-1], NO_PARENT) not in (NO_PARENT, *chain):
+        chain.append(parent_of[chain[-1]])
+    return chain[::-1]
 
 
 def main() -> int:

@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
+# Lineage tags of a model version (and of the pipeline run that made it).
+PARENT_VERSION = "deltabelief.parent_version"
+"""The registry version training started from; NO_PARENT after a fresh warm start."""
+NO_PARENT = "none"
+DATA_VERSION = "deltabelief.data_version"
+KICKOFF_TIME = "deltabelief.kickoff_time"
+"""The schedule's kickoff time of a nightly retraining (UTC, ISO 8601)."""
+WEIGHTS = "deltabelief.weights"
+"""A digest of a version's tensors (``nightly.weights_digest``)."""
+START_WEIGHTS = "deltabelief.start_weights"
+"""On a pipeline run: the digest of the weights its training started from."""
 MAX_PARAM_LENGTH = 6000
 
 
@@ -175,10 +186,18 @@ class PromotionDecision:
     champion_score: float | None
     margin: float
     reason: str
+    improvement: float | None = None
+    """Mean paired improvement over the champion on the same targets."""
+    lower_bound: float | None = None
+    """One-sided lower confidence bound on ``improvement``: the interval is [lower_bound, inf)."""
+    level: float | None = None
+    num_targets: int | None = None
 
 
-def register_model(uri: str, model_uri: str, name: str, tags: dict[str, str] | None = None) -> str:
-    """Register ``model_uri`` as a new version of ``name`` and give it the alias 'challenger'."""
+def register_model(
+    uri: str, model_uri: str, name: str, tags: dict[str, str] | None = None, run_id: str | None = None
+) -> str:
+    """Register ``model_uri`` as a new version of ``name`` (made by ``run_id``) and give it 'challenger'."""
     client = _client(uri)
     try:
         client.get_registered_model(name)
@@ -186,8 +205,11 @@ def register_model(uri: str, model_uri: str, name: str, tags: dict[str, str] | N
         if "RESOURCE_DOES_NOT_EXIST" not in str(err) and "not found" not in str(err).lower():
             raise
         client.create_registered_model(name)
-    run_id = model_uri.split("/")[1] if model_uri.startswith("runs:/") else None
-    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {})
+    if run_id is None and model_uri.startswith("runs:/"):
+        run_id = model_uri.split("/")[1]
+    # A logged model's URI (models:/m-<id>) must come with its id: a tracking server checks the pair.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}, model_id=model_id)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
 
@@ -202,53 +224,108 @@ def champion_version(uri: str, name: str) -> Any | None:
         raise
 
 
+def _scores_artifact(suite_signature: str) -> str:
+    return f"gate/target_scores_{suite_signature}.json"
+
+
+def _version_run(client, name: str, version: str) -> str:
+    run_id = client.get_model_version(name, version).run_id
+    if not run_id:
+        raise ValueError(f"{name} v{version} records no run; register it with the run that made it")
+    return run_id
+
+
+def record_target_scores(
+    uri: str, name: str, version: str, *, gate_metric: str, suite_signature: str, scores: dict[str, float]
+) -> None:
+    """Keep a version's per-target gate scores on one suite with it (an artifact of its run), so
+    later candidates can be paired with it target by target."""
+    client = _client(uri)
+    record = {"gate_metric": gate_metric, "suite_signature": suite_signature, "scores": scores}
+    client.log_dict(_version_run(client, name, version), record, _scores_artifact(suite_signature))
+
+
+def stored_target_scores(uri: str, name: str, version: str, *, gate_metric: str, suite_signature: str) -> dict[str, float] | None:
+    """The per-target gate scores recorded for ``version`` on the suite, or None when there are none."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    run_id = _version_run(client, name, version)
+    artifact = _scores_artifact(suite_signature)
+    folder, _, file = artifact.rpartition("/")
+    if file not in {Path(a.path).name for a in client.list_artifacts(run_id, folder)}:
+        return None
+    try:
+        local = client.download_artifacts(run_id, artifact, str(temp_dir("gate-scores-")))
+    except MlflowException as err:
+        raise RuntimeError(f"could not read the gate scores of {name} v{version} ({artifact})") from err
+    record = json.loads(Path(local).read_text())
+    return record["scores"] if record["gate_metric"] == gate_metric else None
+
+
 def promote(
     uri: str,
     name: str,
     version: str,
     *,
     gate_metric: str,
-    candidate_score: float,
+    candidate_scores: dict[str, float],
     suite_signature: str,
     margin: float = 0.0,
-    champion_score: float | None = None,
+    level: float = 0.95,
+    resamples: int = 2000,
+    lock_timeout: float = 600.0,
 ) -> PromotionDecision:
-    """Move 'champion' to ``version`` only if it beats the champion by more than ``margin``.
+    """Move 'champion' to ``version`` only if its paired improvement over the champion clears the gate.
 
-    The champion's score is read from its version tags unless given; it counts only when it was
-    measured on the same evaluation suite (``suite_signature``), else the caller must re-evaluate
-    the champion and pass ``champion_score``.
+    ``candidate_scores`` are the candidate's per-target values of ``gate_metric`` on the suite
+    ``suite_signature``; they are stored with the version. The champion's must be stored for the
+    same suite (:func:`record_target_scores`), else a ValueError asks to re-evaluate it there.
+    The read of the champion, the decision and the alias move happen under the promotion lock,
+    so two pipelines promoting at once leave one champion, decided against the other.
     """
+    from deltabelief.gate import paired_gate
+    from deltabelief.promotion_lock import promotion_lock
+
+    if not candidate_scores:
+        raise ValueError(f"no per-target '{gate_metric}' scores for {name} v{version}: nothing to gate on")
     client = _client(uri)
-    current = champion_version(uri, name)
-    score_tag, suite_tag = f"gate.{gate_metric}", "gate.suite_signature"
-    client.set_model_version_tag(name, version, score_tag, str(candidate_score))
-    client.set_model_version_tag(name, version, suite_tag, suite_signature)
-    if current is None:
-        promoted, reason, champ_score, champ_version = True, "no champion yet", None, None
-    else:
-        champ_version = str(current.version)
-        if champion_score is None:
-            if current.tags.get(suite_tag) != suite_signature or score_tag not in current.tags:
+    candidate_score = sum(candidate_scores.values()) / len(candidate_scores)
+    record_target_scores(uri, name, version, gate_metric=gate_metric, suite_signature=suite_signature,
+                         scores=candidate_scores)
+    client.set_model_version_tag(name, version, f"gate.{gate_metric}", str(candidate_score))
+    client.set_model_version_tag(name, version, "gate.suite_signature", suite_signature)
+    with promotion_lock(client, name, holder=f"{name} v{version}", timeout=lock_timeout):
+        current = champion_version(uri, name)
+        if current is None:
+            decision = PromotionDecision(name, str(version), True, gate_metric, candidate_score, None, None,
+                                         margin, "no champion yet")
+        else:
+            champ = str(current.version)
+            champion_scores = stored_target_scores(uri, name, champ, gate_metric=gate_metric,
+                                                   suite_signature=suite_signature)
+            if champion_scores is None:
                 raise ValueError(
-                    f"champion v{champ_version} has no '{gate_metric}' score on suite {suite_signature}; "
-                    "re-evaluate it on the same suite and pass champion_score"
+                    f"champion v{champ} has no per-target '{gate_metric}' scores on suite {suite_signature}; "
+                    "re-evaluate it on the same suite and record them (record_target_scores)"
                 )
-            champion_score = float(current.tags[score_tag])
-        champ_score = champion_score
-        promoted = candidate_score > champion_score + margin
-        reason = (
-            f"candidate {candidate_score:.4f} {'>' if promoted else '<='} champion {champion_score:.4f} + margin {margin}"
-        )
-    decision = PromotionDecision(
-        name, str(version), promoted, gate_metric, candidate_score, champ_version, champ_score, margin, reason
-    )
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    for key, value in asdict(decision).items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        client.set_model_version_tag(name, version, f"promotion.{key}", text)
-    log.info("promotion of %s v%s: %s", name, version, reason)
+            gate = paired_gate(candidate_scores, champion_scores, margin=margin, level=level, resamples=resamples)
+            verdict = "clears" if gate.passed else "does not clear"
+            reason = (
+                f"paired improvement {gate.improvement:+.4f} over champion v{champ} on {gate.num_targets} targets, "
+                f"{level:.0%} lower bound {gate.lower_bound:+.4f}, {verdict} margin {margin}"
+            )
+            decision = PromotionDecision(
+                name, str(version), gate.passed, gate_metric, candidate_score, champ,
+                sum(champion_scores.values()) / len(champion_scores), margin, reason,
+                gate.improvement, gate.lower_bound, level, gate.num_targets,
+            )
+        if decision.promoted:
+            client.set_registered_model_alias(name, CHAMPION, version)
+        for key, value in asdict(decision).items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            client.set_model_version_tag(name, version, f"promotion.{key}", text)
+    log.info("promotion of %s v%s: %s", name, version, decision.reason)
     return decision
 
 

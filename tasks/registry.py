@@ -20,5 +20,5 @@ def register(config: Config, model: FlyteDirectory, summary: EvalSummary, run: R
 
 @task(container_image=cpu_image, requests=CPU_MODEL, limits=CPU_MODEL)  # may re-evaluate the champion
 def promote(config: Config, version: str, summary: EvalSummary, run: RunContext) -> dict:
-    """Move 'champion' only if the candidate beats it on the gate metric by the margin."""
+    """Move 'champion' only if the paired improvement over it clears the margin with confidence (deltabelief.gate)."""
     return promote_stage(config, version, summary, run, scratch("promote"))

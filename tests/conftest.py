@@ -22,3 +22,17 @@ def pytest_report_header(config):
 
     state = "found" if ANCHOR_DATA.is_dir() else "MISSING: set DELTABELIEF_ANCHOR_DATA; the reference-data tests will fail"
     return f"reference data: {ANCHOR_DATA} ({state})"
+
+
+import pytest  # noqa: E402  (after the environment above)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on loopback with proxied artifact storage (``--serve-artifacts``),
+    as a Flyte deployment whose pods share one tracking server uses it. Yields its URI; tests
+    that share it use their own experiment or model names."""
+    from mlflow_server import running_server
+
+    with running_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import importlib
+from datetime import datetime, timezone
 
 import mlflow
 import pandas as pd
 import pytest
 
-from deltabelief.config import load_config
-from deltabelief.tracking import CHALLENGER, CHAMPION
+from deltabelief.config import TrackingConfig, load_config
+from deltabelief.summary import describe
+from deltabelief.tracking import (
+    CHAMPION,
+    DATA_VERSION,
+    KICKOFF_TIME,
+    NO_PARENT,
+    PARENT_VERSION,
+    START_WEIGHTS,
+    WEIGHTS,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +45,7 @@ def _client(uri):
     return mlflow.tracking.MlflowClient(uri, registry_uri=uri)
 
 
-def test_tiny_pipeline_end_to_end_then_nightly_plan(ray_session, mlflow_uri, monkeypatch):
+def test_tiny_pipeline_end_to_end(ray_session, mlflow_uri):
     from workflows.pipeline import delta_belief_pipeline
 
     decision = delta_belief_pipeline(config="configs/tiny.yaml")
@@ -58,19 +68,49 @@ def test_tiny_pipeline_end_to_end_then_nightly_plan(ray_session, mlflow_uri, mon
     model = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
     assert model["tokenizer"].chat_template
 
-    # The nightly plan, called with its fixed inputs (pointed at the tiny preset for the test).
+    assert client.get_model_version(name, decision["version"]).tags[PARENT_VERSION] == NO_PARENT
+
+
+def test_two_nightly_runs_compound_on_a_tracking_server(ray_session, mlflow_server, tmp_path, monkeypatch):
+    """The nightly plan twice on the tiny preset, against a real `mlflow server` with proxied
+    artifacts: the second night starts from the first night's weights and the registry shows v1 -> v2."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("DELTABELIEF_NIGHTLY_PRESET", "configs/tiny.yaml")
+    monkeypatch.chdir(tmp_path)
     import workflows.launch_plans as plans
 
     plans = importlib.reload(plans)
-    assert plans.nightly_retrain.schedule is not None
+    assert plans.nightly_retrain.schedule.kickoff_time_input_arg == "kickoff_time"
     assert plans.nightly_retrain.fixed_inputs.literals["config"].scalar.primitive.string_value == "configs/tiny.yaml"
-    second = plans.nightly_retrain()
-    assert second["version"] != decision["version"]
-    # Same preset and seed: the same score, which does not beat the champion by more than the margin.
-    assert not second["promoted"]
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == decision["version"]
-    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == second["version"]
+    first = plans.nightly_retrain(kickoff_time=datetime(2025, 1, 1, 2, tzinfo=timezone.utc))
+    second = plans.nightly_retrain(kickoff_time=datetime(2025, 1, 2, 2, tzinfo=timezone.utc))
+
+    client = _client(mlflow_server)
+    name = load_config("tiny").tracking.registered_model_name
+    assert first["promoted"] and first["reason"] == "no champion yet"
+    v1, v2 = (client.get_model_version(name, d["version"]) for d in (first, second))
+    assert v1.tags[PARENT_VERSION] == NO_PARENT and v2.tags[PARENT_VERSION] == v1.version
+    assert v1.tags[KICKOFF_TIME] == "2025-01-01T02:00:00+00:00" and v2.tags[KICKOFF_TIME] == "2025-01-02T02:00:00+00:00"
+    assert v1.tags[DATA_VERSION] and v2.tags[DATA_VERSION]
+    # The second night trained from exactly the weights registered as v1, with new seeds.
+    night2 = client.get_run(v2.tags["deltabelief.pipeline_run"])
+    assert night2.data.tags[START_WEIGHTS] == v1.tags[WEIGHTS]
+    assert v2.tags[WEIGHTS] != v1.tags[WEIGHTS]
+    stage_runs = client.search_runs([night2.info.experiment_id], f"tags.mlflow.parentRunId = '{night2.info.run_id}'")
+    stages = {r.data.tags["deltabelief.stage"] for r in stage_runs}
+    assert "start-from-champion" in stages and "warm_start" not in stages
+    seeds = {r.data.params["train.seed"] for r in client.search_runs([night2.info.experiment_id], "tags.`deltabelief.stage` = 'train'")}
+    assert len(seeds) == 2
+    # The gate paired v2 with v1 on the same held-out targets and recorded its interval.
+    assert second["champion_version"] == v1.version and second["num_targets"] == load_config("tiny").eval.num_targets
+    assert second["lower_bound"] <= second["improvement"]
+    # Artifacts went through the server (proxied), not to this machine's working directory.
+    assert client.get_run(v1.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+    assert not any(tmp_path.glob("ml*"))
+    loaded = mlflow.transformers.load_model(f"models:/{name}/{v2.version}", return_type="components")
+    assert loaded["tokenizer"].chat_template
+    shown = describe(TrackingConfig())
+    assert f"challenger lineage: v{v1.version} -> v{v2.version}" in shown
 
 
 def test_broken_dataset_stops_before_warm_start(ray_session, mlflow_uri, monkeypatch):

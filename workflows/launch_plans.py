@@ -11,6 +11,7 @@ import os
 
 from flytekit import CronSchedule, LaunchPlan
 
+from workflows.nightly import nightly_retrain_pipeline
 from workflows.pipeline import delta_belief_pipeline, delta_belief_pipeline_gpu
 
 NIGHTLY = "0 2 * * *"  # 02:00 UTC every day
@@ -29,10 +30,11 @@ qwen3_1_7b_plan = LaunchPlan.get_or_create(
 qwen3_4b_plan = LaunchPlan.get_or_create(
     delta_belief_pipeline_gpu, name="deltabelief_qwen3_4b", fixed_inputs={"config": "configs/qwen3-4b.yaml"}
 )
+# Each night continues from the champion, with seeds and training targets from the kickoff time.
 nightly_retrain = LaunchPlan.get_or_create(
-    delta_belief_pipeline,
+    nightly_retrain_pipeline,
     name="deltabelief_nightly_retrain",
     fixed_inputs={"config": NIGHTLY_PRESET},
     default_inputs={"estimator": "", "num_steps": 0},
-    schedule=CronSchedule(schedule=NIGHTLY),
+    schedule=CronSchedule(schedule=NIGHTLY, kickoff_time_input_arg="kickoff_time"),
 )
