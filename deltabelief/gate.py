@@ -89,6 +89,14 @@ def lower_bound(differences: np.ndarray, level: float, resamples: int, seed: int
     return float(np.quantile(means, tail))
 
 
+def paired_interval(differences: np.ndarray, level: float, resamples: int, seed: int = 0) -> tuple[float, float]:
+    """Two-sided interval at ``level`` on the mean of ``differences``: two one-sided bounds at (1 + level) / 2."""
+    one_sided = (1.0 + level) / 2
+    low = lower_bound(differences, one_sided, resamples, seed)
+    high = -lower_bound(-differences, one_sided, resamples, seed)
+    return low, high
+
+
 def paired_gate(
     candidate: dict[str, float],
     champion: dict[str, float],

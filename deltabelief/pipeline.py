@@ -283,21 +283,26 @@ def compare_stage(config: Config, baseline_dir: Path, summary: EvalSummary, out_
     """Evaluate ``baseline_dir`` (the warm start) like the candidate and log the paired gain.
 
     For every success suite, at its largest budget: ``{suite}/gain_over_warm_start/mean``,
-    ``ci_low`` and ``ci_high`` (95% percentile bootstrap over targets), on the stage run and
-    the parent run, plus the baseline's own evaluation as artifacts.
+    ``ci_low`` and ``ci_high`` (95%, bootstrap over targets, ``deltabelief.gate``), on the stage run
+    and the parent run, plus the warm start's own evaluation as a stage run.
     """
     import pandas as pd
 
-    from deltabelief.evaluation.paired import paired_gain
+    from deltabelief.gate import paired_differences, paired_interval, target_scores
 
     def body(tracker: Tracker):
         baseline = evaluate_stage(config, baseline_dir, out_dir, ctx, stage="evaluate_warm_start")
-        candidate_rows = pd.read_parquet(Path(summary.report_dir) / "per_target.parquet")
-        baseline_rows = pd.read_parquet(Path(baseline.report_dir) / "per_target.parquet")
+        trained = pd.read_parquet(Path(summary.report_dir) / "per_target.parquet")
+        warm = pd.read_parquet(Path(baseline.report_dir) / "per_target.parquet")
         gains: dict[str, float] = {}
-        for suite, rows in candidate_rows[candidate_rows["success_rate"].notna()].groupby("suite"):
-            gain = paired_gain(candidate_rows, baseline_rows, suite, int(rows["budget"].max()), seed=config.eval.seed)
-            gains.update({f"{suite}/gain_over_warm_start/{key}": value for key, value in gain.items()})
+        for suite in trained.loc[trained["success_rate"].notna(), "suite"].unique():
+            metric = f"{suite}/success_mean"
+            d = paired_differences(target_scores(trained, metric), target_scores(warm, metric))
+            low, high = paired_interval(d, 0.95, config.tracking.gate_resamples, seed=config.eval.seed)
+            gains.update({f"{suite}/gain_over_warm_start/mean": float(d.mean()),
+                          f"{suite}/gain_over_warm_start/ci_low": low,
+                          f"{suite}/gain_over_warm_start/ci_high": high,
+                          f"{suite}/warm_start/success_mean": baseline.metrics[metric]})
         tracker.log(gains)
         ctx.parent().log(gains)
         return gains

@@ -62,7 +62,11 @@ def test_tiny_pipeline_end_to_end(ray_session, mlflow_uri):
     parent = parents[0]
     stages = {r.data.tags.get("deltabelief.stage") for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert {"synthesize", "validate-targets", "validate-trajectories", "warm_start", "calibrate", "train",
-            "evaluate", "register", "promote"} <= stages
+            "evaluate", "evaluate_warm_start", "compare_warm_start", "register", "promote"} <= stages
+    gain = parent.data.metrics  # the trained model against its own warm start, paired over targets
+    low, mean, high = (gain[f"twenty_questions/gain_over_warm_start/{k}"] for k in ("ci_low", "mean", "ci_high"))
+    assert low <= mean <= high
+    assert mean == pytest.approx(gain["twenty_questions/success_mean"] - gain["twenty_questions/warm_start/success_mean"])
     for tag in ("deltabelief.git_commit", "deltabelief.config_hash", "deltabelief.data_version"):
         assert parent.data.tags.get(tag), tag
     model = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
