@@ -302,7 +302,8 @@ def compare_stage(config: Config, baseline_dir: Path, summary: EvalSummary, out_
             gains.update({f"{suite}/gain_over_warm_start/mean": float(d.mean()),
                           f"{suite}/gain_over_warm_start/ci_low": low,
                           f"{suite}/gain_over_warm_start/ci_high": high,
-                          f"{suite}/warm_start/success_mean": baseline.metrics[metric]})
+                          f"{suite}/warm_start/success_mean": baseline.metrics[metric],
+                          f"{suite}/trained/success_mean": summary.metrics[metric]})
         tracker.log(gains)
         ctx.parent().log(gains)
         return gains

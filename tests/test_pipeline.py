@@ -66,7 +66,7 @@ def test_tiny_pipeline_end_to_end(ray_session, mlflow_uri):
     gain = parent.data.metrics  # the trained model against its own warm start, paired over targets
     low, mean, high = (gain[f"twenty_questions/gain_over_warm_start/{k}"] for k in ("ci_low", "mean", "ci_high"))
     assert low <= mean <= high
-    assert mean == pytest.approx(gain["twenty_questions/success_mean"] - gain["twenty_questions/warm_start/success_mean"])
+    assert mean == pytest.approx(gain["twenty_questions/trained/success_mean"] - gain["twenty_questions/warm_start/success_mean"])
     for tag in ("deltabelief.git_commit", "deltabelief.config_hash", "deltabelief.data_version"):
         assert parent.data.tags.get(tag), tag
     model = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
