@@ -21,8 +21,8 @@ import httpx
 from deltabelief.config import JudgeConfig
 from deltabelief.judges.base import Judge, JudgeReply, JudgeRequest
 from deltabelief.judges.openai_compat import (
-    JudgeResponseError, JudgeUnavailableError, chat_payload, completion_content, http_endpoint,
-    is_retryable_status,
+    JudgeResponseError, JudgeUnavailableError, chat_payload, http_endpoint, is_retryable_status,
+    response_content,
 )
 from deltabelief.judges.parsing import build_messages, parse_reply
 
@@ -119,13 +119,7 @@ class AsyncOpenAIJudge:
         if response.status_code != 200:
             raise JudgeResponseError(f"judge server at {self.url} refused the request: "
                                      f"HTTP {response.status_code}: {preview}")
-        try:
-            body = response.json()
-        except ValueError as err:
-            raise JudgeResponseError(f"judge server at {self.url} sent a body without choices[0].message.content "
-                                     f"(not JSON: {err}): "
-                                     f"{preview}") from err
-        return completion_content(body, self.url, preview)
+        return response_content(response, self.url, preview)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text

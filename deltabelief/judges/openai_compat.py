@@ -62,6 +62,16 @@ def chat_payload(config: JudgeConfig, messages: list[dict[str, str]]) -> dict:
     return payload
 
 
+def response_content(response, url: str, preview: str) -> tuple[str, str]:
+    """``completion_content`` of an HTTP response (requests or httpx) whose body must be JSON."""
+    try:
+        body = response.json()
+    except ValueError as err:
+        raise JudgeResponseError(f"judge server at {url} sent a body without choices[0].message.content "
+                                 f"(not JSON: {err}): {preview}") from err
+    return completion_content(body, url, preview)
+
+
 def completion_content(body: object, url: str, preview: str) -> tuple[str, str]:
     """The first choice's ``(content, finish_reason)`` of a decoded response body; null content is ''."""
     try:
@@ -196,13 +206,7 @@ class OpenAIJudge:
         return self._redact(response.text)[:_BODY_PREVIEW_CHARS]
 
     def _content(self, response: requests.Response) -> tuple[str, str]:
-        try:
-            body = response.json()
-        except ValueError as err:
-            raise JudgeResponseError(f"judge server at {self.url} sent a body without choices[0].message.content "
-                                     f"(not JSON: {err}): "
-                                     f"{self._body_preview(response)}") from err
-        return completion_content(body, self.url, self._body_preview(response))
+        return response_content(response, self.url, self._body_preview(response))
 
 
 @register_judge("openai")
