@@ -51,7 +51,10 @@ def test_tracking_uri_order(monkeypatch, tmp_path):
     assert resolve_tracking_uri(TrackingConfig(tracking_uri="sqlite:///cfg.db")) == "sqlite:///cfg.db"
 
 
-def test_nested_runs_params_metrics_while_a_run_is_active(tracking):
+def test_nested_runs_params_metrics_while_a_run_is_active(tracking, monkeypatch):
+    # set_experiment below sets a process-wide active experiment; undo it after the test, or a
+    # later test's mlflow.start_run(run_id=...) in another store fails on the mismatch.
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     mlflow.set_tracking_uri(tracking.tracking_uri)
     mlflow.set_experiment("someone-elses")
     with mlflow.start_run() as outer:  # as under a Flyte task that already opened a run
