@@ -30,7 +30,7 @@ demo: $(STAMP)  ## run the whole pipeline on the embedded default (configs/cpu.y
 	$(BIN)/python -m deltabelief.summary
 
 test: $(STAMP)  ## run the test suite (CPU, offline) and compile every workflow offline
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 	$(MAKE) --no-print-directory package
 
 package: $(STAMP)  ## compile every Flyte workflow and launch plan offline (no Docker)
