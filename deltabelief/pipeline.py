@@ -291,7 +291,8 @@ def compare_stage(config: Config, baseline_dir: Path, summary: EvalSummary, out_
     from deltabelief.gate import paired_differences, paired_interval, target_scores
 
     def body(tracker: Tracker):
-        baseline = evaluate_stage(config, baseline_dir, out_dir, ctx, stage="evaluate_warm_start")
+        same_games = override(config, {"eval.belief_curves": False})  # the gain needs outcomes, not beliefs
+        baseline = evaluate_stage(same_games, baseline_dir, out_dir, ctx, stage="evaluate_warm_start")
         trained = pd.read_parquet(Path(summary.report_dir) / "per_target.parquet")
         warm = pd.read_parquet(Path(baseline.report_dir) / "per_target.parquet")
         gains: dict[str, float] = {}
