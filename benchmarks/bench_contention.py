@@ -6,9 +6,9 @@ and times the same SFT-sized forward and backward of SmolLM2-135M. Settings:
 - ``idle``: nothing else running; torch on every core (the baseline);
 - ``busy_default_threads``: beside a competitor, every core, OpenMP's default wait policy
   (what a run did before deltabelief/threads.py);
-- ``busy_passive_threads``: the same with ``OMP_WAIT_POLICY=PASSIVE``;
-- ``busy_fitted``: PASSIVE and :class:`deltabelief.threads.ThreadFitter` choosing the threads
-  (what the trainer does now).
+- ``busy_passive_threads``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (the default now);
+- ``busy_fitted``: PASSIVE and :class:`deltabelief.threads.ThreadFitter` adapting the threads
+  to the idle cores (``policy.adapt_threads``).
 
 Competitors: ``spin`` (one single-threaded busy loop: a build, a browser tab) and ``torch``
 (another torch job using every core). Reported: median step seconds per setting and each
@@ -43,7 +43,7 @@ def _worker(steps: int, fitted: bool, fixed_threads: int) -> None:
 
     policy = Policy.from_config(load_config("cpu").policy, seed=0)
     model = policy.model.train()
-    fitter = ThreadFitter(0 if fitted else fixed_threads)
+    fitter = ThreadFitter(fixed_threads, adapt=fitted)
     ids = torch.randint(0, 1000, (4, 256))
     times, threads = [], []
     for _ in range(steps + 1):  # the first step warms up allocators and is dropped

@@ -69,8 +69,10 @@ class PolicyConfig:
     """Rollouts keep each game's KV cache between turns, so a turn only runs its new tokens
     (same samples up to float rounding; memory grows with games x conversation length)."""
     num_threads: int = 0
-    """torch CPU threads; 0: before each step use the cores other processes left idle during the
-    last one (deltabelief/threads.py)."""
+    """torch CPU threads (0: every core this process may use)."""
+    adapt_threads: bool = False
+    """Before each SFT batch and RL step, use only the cores other processes left idle during the
+    last one (deltabelief/threads.py; `make bench` measures when that helps)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

@@ -8,9 +8,9 @@ is taken stalls the whole step (measured: 3–7× slower beside one other job). 
   does not burn the core its partner needs. OpenMP reads it once, when torch loads, so it is
   set by :func:`passive_openmp` before the first ``import torch`` (the command line and the
   Flyte tasks call it; a user's own setting wins).
-- :class:`ThreadFitter`: before each unit of work (an RL step, an SFT batch) it counts how
-  many cores other processes kept busy since the last call (``/proc/stat`` minus this
-  process's own time) and runs torch on the cores left, at least one.
+- :class:`ThreadFitter` (opt-in, ``policy.adapt_threads``): before each unit of work (an RL
+  step, an SFT batch) it counts how many cores other processes kept busy since the last call
+  (``/proc/stat`` minus this process's own time) and runs torch on the cores left, at least one.
 """
 
 from __future__ import annotations
@@ -40,12 +40,16 @@ def _busy_and_own_seconds() -> tuple[float, float] | None:
 
 
 class ThreadFitter:
-    """Sets torch's thread count to the cores other processes leave idle (``fixed`` > 0: always that)."""
+    """Sets torch's thread count: ``fixed`` (0: every core) or, with ``adapt``, the cores other
+    processes left idle. Measured by ``make bench`` (contention): with passive waits, every core
+    is the better default beside another torch job; adapting helps a little beside one
+    single-threaded process and hurts beside a multi-threaded one, so it is opt-in."""
 
-    def __init__(self, fixed: int = 0, cores: int | None = None):
+    def __init__(self, fixed: int = 0, cores: int | None = None, adapt: bool = False):
         if fixed < 0:
-            raise ValueError(f"num_threads must be >= 0 (0: adapt to idle cores), got {fixed}")
+            raise ValueError(f"num_threads must be >= 0 (0: every core), got {fixed}")
         self.fixed = fixed
+        self.adapt = adapt
         self.cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self._last: tuple[float, float, float] | None = None
         self.threads = 0
@@ -66,8 +70,8 @@ class ThreadFitter:
         """Choose and apply the thread count for the next unit of work; returns it."""
         import torch
 
-        if self.fixed:
-            threads = self.fixed
+        if not self.adapt:
+            threads = self.fixed or self.cores
         else:
             busy = self.others_busy_cores()
             if busy is None:  # no window yet: keep the current count (all cores at the start)

@@ -192,7 +192,7 @@ class RLTrainer:
         self.out_dir = Path(out_dir)
         self.log_fn = log_fn
         self.progress = progress
-        self.threads = ThreadFitter(config.policy.num_threads)
+        self.threads = ThreadFitter(config.policy.num_threads, adapt=config.policy.adapt_threads)
         self.start_step = 0
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None

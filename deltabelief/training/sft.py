@@ -196,6 +196,7 @@ def train_sft(
     progress: bool = True,
     log_fn: Callable[[dict, int], None] | None = None,
     num_threads: int = 0,
+    adapt_threads: bool = False,
 ) -> SFTResult:
     """Fine-tune ``model`` in place on the assistant tokens of ``conversations``."""
     examples = [build_example(tokenizer, c, sft.max_length, f"conversation {i}") for i, c in enumerate(conversations)]
@@ -213,7 +214,7 @@ def train_sft(
     result = SFTResult(None, num_examples=len(examples), num_truncated=num_truncated,
                        num_trained_tokens=sum(sum(e.loss_mask) for e in examples))
     model.train()
-    threads = ThreadFitter(num_threads)
+    threads = ThreadFitter(num_threads, adapt=adapt_threads)
     bar = tqdm(total=sft.epochs * steps_per_epoch, desc="sft", disable=not progress)
     for epoch in range(sft.epochs):
         for batch in _epoch_batches(examples, sft, epoch):
@@ -254,7 +255,8 @@ def warm_start(config: Config, trajectories: str | Path, out_dir: str | Path, *,
     if config.sft.enabled:
         conversations = load_conversations(trajectories, config.sft.split, config.sft.skip_rejected_moves)
         result = train_sft(policy.model, policy.tokenizer, conversations, config.sft, config.optim,
-                           progress=progress, log_fn=log_fn, num_threads=config.policy.num_threads)
+                           progress=progress, log_fn=log_fn, num_threads=config.policy.num_threads,
+                           adapt_threads=config.policy.adapt_threads)
     else:
         log.info("sft.enabled is false: saving %s unchanged", config.policy.model)
     result.model_dir = policy.save(out_dir / "model")
