@@ -1,6 +1,6 @@
 """Belief elicitation: the policy's own log-probability of the hidden target after every turn.
 
-Paper symbols (DESIGN.md "The method in one screen"):
+Paper symbols (docs/method.md, §1):
 
 - h_t: the history after turn t; in a :class:`~deltabelief.trajectory.Trajectory` it is
   ``input_ids[:e_t]`` with e_0 = ``prompt_length`` and e_t = ``turns[t-1].end_of_turn``.

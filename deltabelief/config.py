@@ -5,7 +5,7 @@ One dataclass per stage, grouped under :class:`Config`. A preset in
 preset. Unknown keys and wrong types are refused with the valid names, so a
 typo in a preset can never be silently ignored.
 
-Paper symbols map to field names here once (DESIGN.md):
+Paper symbols map to field names here once (docs/method.md):
 λ -> ``reward.belief_reward_weight``, r_eog win term -> ``reward.win_reward``,
 r_p -> ``reward.turn_penalty``, ε_low/ε_high -> ``ppo.clip_low``/``ppo.clip_high``.
 """

@@ -1,6 +1,6 @@
 """Per-turn rewards from ΔBelief, the game outcome and per-move penalties.
 
-Paper equation (DESIGN.md "The method in one screen"), for turn t = 1..N of one rollout:
+Paper equation (docs/method.md, §2), for turn t = 1..N of one rollout:
 
     r_t = r_eog + λ·max(ΔBelief_t, 0) + pen_t
     r_eog = win_reward·[solved] − turn_penalty·N

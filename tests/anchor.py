@@ -1,7 +1,7 @@
 """Where the tests find the shared reference data (read in place, never copied into the repo).
 
-Default: ``<repo>/../shared/anchor_data``, as in the workspace and CI checkouts; a clone
-elsewhere sets ``DELTABELIEF_ANCHOR_DATA``.
+Default: the ``shared/anchor_data`` folder beside the repository, as in the workspace and CI
+checkouts; a clone elsewhere sets ``DELTABELIEF_ANCHOR_DATA``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["FLYTE_LOCAL_CACHE_ENABLED"] = "false"
 _SCRATCH = tempfile.mkdtemp(prefix="deltabelief-tests-")
+# The paper presets name their files relative to the data root: here, the reference data.
+os.environ.setdefault("DELTABELIEF_DATA_ROOT", str(__import__("anchor").ANCHOR_DATA))
 os.environ["TMPDIR"] = _SCRATCH
 tempfile.tempdir = _SCRATCH
 

@@ -8,7 +8,7 @@ import yaml
 from deltabelief.config import CONFIG_DIR, ConfigError, config_to_dict, flatten, load_config
 
 PRESETS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-# A baseline preset may differ from its ΔBelief preset only here (STYLE.md §4).
+# A baseline preset may differ from its ΔBelief preset only here (docs/training.md, "Presets").
 METHOD_KEYS = {"name", "estimator.name", "reward.belief_reward_weight"}
 
 

@@ -162,3 +162,17 @@ def test_paprika_format_errors(tmp_path, config, message):
 def test_load_source_dispatches_on_the_prefix():
     records = load_source(f"paprika:{DATA / 'paprika_small.json'}")
     assert [r.target for r in records][:2] == ["Violin", "Walrus"]
+
+
+def test_relative_source_paths_are_read_under_the_data_root(tmp_path, monkeypatch):
+    from deltabelief.data.loaders import parse_source
+
+    (tmp_path / "words.txt").write_text("apple\n")
+    monkeypatch.setenv("DELTABELIEF_DATA_ROOT", str(tmp_path))
+    assert parse_source("words:words.txt") == ("words", tmp_path / "words.txt")
+    assert parse_source(f"words:{tmp_path / 'words.txt'}")[1] == tmp_path / "words.txt"  # absolute: as given
+    with pytest.raises(FileNotFoundError, match="DELTABELIEF_DATA_ROOT=.*docs/cluster.md"):
+        parse_source("words:missing.txt")
+    monkeypatch.delenv("DELTABELIEF_DATA_ROOT")
+    with pytest.raises(FileNotFoundError, match="DELTABELIEF_DATA_ROOT is not set"):
+        parse_source("words:words.txt")

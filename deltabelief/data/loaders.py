@@ -19,6 +19,7 @@ Source strings (``DataConfig.source``):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,19 @@ class SourceRecord:
     """The task the source names (reference `data_source`); None means DataConfig.task."""
 
 
+DATA_ROOT_ENV = "DELTABELIEF_DATA_ROOT"
+
+
+def resolve_data_path(path: str) -> Path:
+    """A source's path: absolute as given; relative, under ``$DELTABELIEF_DATA_ROOT`` when it is set
+    (the paper presets name their files that way, docs/cluster.md), else the working directory."""
+    resolved = Path(path).expanduser()
+    root = os.environ.get(DATA_ROOT_ENV)
+    if root and not resolved.is_absolute():
+        resolved = Path(root).expanduser() / resolved
+    return resolved
+
+
 def parse_source(source: str) -> tuple[str, Path | None]:
     """``'words:/x/y.txt'`` -> ``('words', Path('/x/y.txt'))``; ``'kb'`` -> ``('kb', None)``."""
     kind, _, path = source.partition(":")
@@ -72,9 +86,11 @@ def parse_source(source: str) -> tuple[str, Path | None]:
         return kind, None
     if not path:
         raise ValueError(f"source {kind!r} needs a path: '{kind}:PATH'")
-    resolved = Path(path).expanduser()
+    resolved = resolve_data_path(path)
     if not resolved.exists():
-        raise FileNotFoundError(f"data source {source!r}: {resolved} does not exist")
+        root = os.environ.get(DATA_ROOT_ENV)
+        where = f"{DATA_ROOT_ENV}={root}" if root else f"{DATA_ROOT_ENV} is not set"
+        raise FileNotFoundError(f"data source {source!r}: {resolved} does not exist ({where}; docs/cluster.md)")
     return kind, resolved
 
 

@@ -30,11 +30,12 @@ import numpy as np
 import pandas as pd
 
 from deltabelief.config import Config, DataConfig, EvalConfig, GameConfig, JudgeConfig
-from deltabelief.information import information_metrics, information_rows
+from deltabelief.data.loaders import resolve_data_path
 from deltabelief.evaluation.scaling import game_row, play_budgets, scaling_rows
 from deltabelief.games import customer_service, guess_my_city, murder_mystery, personalization  # noqa: F401  (register)
 from deltabelief.games.base import Game, Target, get_game
 from deltabelief.games.personalization import AnswerFn, load_star_gate, rate_final_answers
+from deltabelief.information import information_metrics, information_rows
 from deltabelief.judges.base import Judge
 from deltabelief.trajectory import Trajectory
 
@@ -153,7 +154,7 @@ def load_suite_targets(
     elif source.startswith("stargate:"):
         if not spec.rated:
             raise ValueError(f"source {source!r} holds personalization pairs, not {spec.name} targets")
-        targets, split = load_star_gate(source.partition(":")[2]), "test"
+        targets, split = load_star_gate(resolve_data_path(source.partition(":")[2])), "test"
     else:
         targets, split = _test_split(source, spec.game, data or DataConfig(), game or GameConfig())
     checker = get_game(spec.game)

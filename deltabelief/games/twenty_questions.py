@@ -1,6 +1,6 @@
 """Twenty Questions: the questioner uncovers a secret thing with yes/no questions.
 
-Rules, in order (DESIGN.md, judge semantics):
+Rules, in order (the game's judge semantics; docs/judges.md):
 
 1. a move that is not exactly one question ending in '?', or is shorter than
    ``min_question_chars`` or longer than ``max_question_chars``, is ``invalid``;

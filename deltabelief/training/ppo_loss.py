@@ -2,7 +2,7 @@
 
 Shapes: ``B`` sequences in the micro-batch, ``L`` padded tokens.
 
-Paper setting (DESIGN.md "The method in one screen"): ε_low = ``clip_low`` = 0.2,
+Paper setting (docs/training.md, "RL"): ε_low = ``clip_low`` = 0.2,
 ε_high = ``clip_high`` = 0.28 (the asymmetric "clip-higher" of DAPO), dual clip
 c = ``dual_clip`` = 3.0 for negative advantages (Ye et al. 2020, "Mastering Complex
 Control in MOBA Games with Deep RL"), token-mean aggregation, no KL term, no

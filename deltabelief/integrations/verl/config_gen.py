@@ -6,7 +6,7 @@ that yaml with them, offline, from the installed verl package, and attaches our 
 the top-level ``deltabelief`` section (the agent loop and the trainer hook read it from there).
 Neither imports verl: only its packaged yaml files are read.
 
-Where the paper's settings land (DESIGN.md "The method in one screen"):
+Where the paper's settings land (docs/method.md, docs/cluster.md):
 
 =====================================  ================================================================
 ours                                   verl
