@@ -32,7 +32,13 @@ if TYPE_CHECKING:
     from deltabelief.data.knowledge_base import KnowledgeBase
     from deltabelief.trajectory import Trajectory
 
-INFORMATION_COLUMNS = ("suite", "target_id", "sample", "turn", "bits", "candidates_before", "solved_game")
+INFORMED_TASK = "twenty_questions"
+"""The game whose answers the noun knowledge base gives exactly (C_t is defined for it)."""
+
+
+def exact_knowledge_base(judge, task: str) -> "KnowledgeBase | None":
+    """The knowledge base that answers ``task`` exactly under ``judge``, or None (no exact C_t)."""
+    return getattr(judge, "kb", None) if task == INFORMED_TASK else None
 
 
 def consistent_sizes(kb: "KnowledgeBase", moves: Sequence[str], statuses: Sequence[str], target: str) -> list[int]:

@@ -65,3 +65,13 @@ def test_per_turn_table_and_metrics_against_hand_counts(kb):
     # greedy on 4 nouns: alive? then one more split, then the guess
     assert metrics["twenty_questions/teacher_questions_to_solve"] == teacher_questions_to_solve(kb, ["apple", "car"], 20)
     assert 2 <= metrics["twenty_questions/teacher_questions_to_solve"] <= 4
+
+
+def test_information_is_measured_only_where_the_knowledge_base_answers_the_game(kb):
+    from deltabelief.information import exact_knowledge_base
+    from deltabelief.judges import get_judge
+
+    judge = get_judge("kb", kb=kb)
+    assert exact_knowledge_base(judge, "twenty_questions") is kb
+    assert exact_knowledge_base(judge, "guess_my_city") is None  # answered from the city KB, other statuses
+    assert exact_knowledge_base(object(), "twenty_questions") is None  # an LLM judge: no exact C_t

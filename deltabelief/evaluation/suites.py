@@ -35,7 +35,7 @@ from deltabelief.evaluation.scaling import game_row, play_budgets, scaling_rows
 from deltabelief.games import customer_service, guess_my_city, murder_mystery, personalization  # noqa: F401  (register)
 from deltabelief.games.base import Game, Target, get_game
 from deltabelief.games.personalization import AnswerFn, load_star_gate, rate_final_answers
-from deltabelief.information import information_metrics, information_rows
+from deltabelief.information import exact_knowledge_base, information_metrics, information_rows
 from deltabelief.judges.base import Judge
 from deltabelief.trajectory import Trajectory
 
@@ -232,7 +232,7 @@ def run_success_suite(
     played = play_budgets(play, config.budgets, replay=config.replay_budgets)
     run = SuiteRun(spec.name, scaling_rows(spec.name, played), played)
     run.notes["budgets"] = "replayed per budget" if config.replay_budgets else f"read from games played at {max(played)} turns"
-    kb = getattr(judge, "kb", None)  # an exact judge knows the consistent sets: measure information
+    kb = exact_knowledge_base(judge, spec.game)  # an exact judge knows the consistent sets: measure information
     if kb is not None:
         games = played[max(played)]
         run.information = information_rows(spec.name, kb, games)

@@ -49,6 +49,7 @@ from deltabelief.advantages import get_estimator
 from deltabelief.belief import delta_beliefs, score_beliefs
 from deltabelief.config import Config, ConfigError, config_to_dict
 from deltabelief.games.base import Target
+from deltabelief.information import exact_knowledge_base
 from deltabelief.rewards import step_rewards
 from deltabelief.threads import ThreadFitter
 from deltabelief.training import metrics as M
@@ -305,7 +306,7 @@ class RLTrainer:
         seconds["step"] = time.perf_counter() - began
         self._write_samples(step, trajectories)
         trained = sum(sum(m) for m in batch.response_mask) * c.ppo.ppo_epochs
-        kb = getattr(self.judge, "kb", None)
+        kb = exact_knowledge_base(self.judge, self.game.name)
         info = M.information_metrics(trajectories, kb) if kb is not None else {}
         return {
             **M.rollout_metrics(trajectories), **score_metrics, **rollout_stats.metrics(), **info,
