@@ -146,6 +146,14 @@ class TeacherGame:
         return [t.status for t in self.state.turns]
 
 
+def _maybe_repeat(game: TeacherGame, move: str, rng: random.Random, epsilon: float) -> str:
+    """With probability ``epsilon``, one of the game's answered questions again instead of ``move``."""
+    asked = [m for m, s in zip(game.moves, game.statuses) if s in ("yes", "no")]
+    if asked and game.state.max_turns - game.state.num_turns > 1 and rng.random() < epsilon:
+        return rng.choice(asked)
+    return move
+
+
 def play_teacher_games(
     teacher: Teacher,
     targets: list[Target],
@@ -174,14 +182,10 @@ def play_teacher_games(
         active = [i for i, g in enumerate(games) if not g.state.done]
         if not active:
             return games
-        moves = []
-        for i in active:
-            g = games[i]
-            move = teacher.next_move(consistent[i], rng, g.state.max_turns - g.state.num_turns)
-            asked = [m for m, s in zip(g.moves, g.statuses) if s in ("yes", "no")]
-            if asked and g.state.max_turns - g.state.num_turns > 1 and rng.random() < repeat_epsilon:
-                move = rng.choice(asked)
-            moves.append(move)
+        moves = [teacher.next_move(consistent[i], rng, games[i].state.max_turns - games[i].state.num_turns)
+                 for i in active]
+        if repeat_epsilon > 0:  # draws only then, so games without repeats keep their random stream
+            moves = [_maybe_repeat(games[i], move, rng, repeat_epsilon) for i, move in zip(active, moves)]
         play_moves(game, judge, [games[i].state for i in active], moves)
         for i in active:
             g = games[i]
