@@ -85,22 +85,19 @@ def information_per_turn(rows: pd.DataFrame) -> pd.DataFrame:
 
 def teacher_questions_to_solve(kb: "KnowledgeBase", targets: Sequence[str], max_turns: int) -> float:
     """Mean turns the greedy teacher needs on ``targets`` (its unsolved games count ``max_turns``)."""
-    from deltabelief.data.teachers import GreedyTeacher
+    from deltabelief.data.teachers import GreedyTeacher, play_teacher_games
+    from deltabelief.games.base import Target, get_game
+    from deltabelief.judges import get_judge
 
-    teacher, rng, turns = GreedyTeacher(kb), random.Random(0), []
-    for target in targets:
-        history: list[tuple[str, str]] = []
-        for turn in range(max_turns):
-            move = teacher.next_move(kb.consistent(history), rng, max_turns - turn)
-            status, _ = kb.answer(target, move)
-            history.append((move, status))
-            if status == "finished":
-                break
-        turns.append(len(history))
-    return sum(turns) / len(turns) if turns else math.nan
+    if not targets:
+        return math.nan
+    game = get_game(INFORMED_TASK, max_turns=max_turns)
+    played = play_teacher_games(GreedyTeacher(kb), [Target(id=t, task=INFORMED_TASK, target=t) for t in targets],
+                                game, get_judge("kb", kb=kb), kb, random.Random(0))
+    return sum(g.state.num_turns for g in played) / len(played)
 
 
-def information_metrics(suite: str, rows: pd.DataFrame, games: Sequence["Trajectory"], kb: "KnowledgeBase",
+def suite_information_metrics(suite: str, rows: pd.DataFrame, games: Sequence["Trajectory"], kb: "KnowledgeBase",
                         max_turns: int) -> dict[str, float]:
     """``{suite}/bits_per_question``, ``zero_gain_share``, ``questions_to_solve`` and the references."""
     solved = [g.num_turns for g in games if g.solved]

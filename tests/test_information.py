@@ -9,10 +9,10 @@ import pytest
 from deltabelief.data.knowledge_base import load_kb
 from deltabelief.information import (
     consistent_sizes,
-    information_metrics,
     information_per_turn,
     information_rows,
     question_bits,
+    suite_information_metrics,
     teacher_questions_to_solve,
 )
 
@@ -57,7 +57,7 @@ def test_per_turn_table_and_metrics_against_hand_counts(kb):
     assert list(rows["candidates_before"]) == [4, 2, 1, 4, 2]
     table = information_per_turn(rows)
     assert list(table["bits_mean"]) == [1.0, 0.5, 0.0] and list(table["zero_gain_share"]) == [0.0, 0.5, 1.0]
-    metrics = information_metrics("twenty_questions", rows, games, kb, max_turns=20)
+    metrics = suite_information_metrics("twenty_questions", rows, games, kb, max_turns=20)
     assert metrics["twenty_questions/bits_per_question"] == pytest.approx(3 / 5)
     assert metrics["twenty_questions/zero_gain_share"] == pytest.approx(2 / 5)
     assert metrics["twenty_questions/questions_to_solve"] == 3

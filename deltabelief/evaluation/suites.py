@@ -35,7 +35,7 @@ from deltabelief.evaluation.scaling import game_row, play_budgets, scaling_rows
 from deltabelief.games import customer_service, guess_my_city, murder_mystery, personalization  # noqa: F401  (register)
 from deltabelief.games.base import Game, Target, get_game
 from deltabelief.games.personalization import AnswerFn, load_star_gate, rate_final_answers
-from deltabelief.information import exact_knowledge_base, information_metrics, information_rows
+from deltabelief.information import exact_knowledge_base, information_rows, suite_information_metrics
 from deltabelief.judges.base import Judge
 from deltabelief.trajectory import Trajectory
 
@@ -236,7 +236,7 @@ def run_success_suite(
     if kb is not None:
         games = played[max(played)]
         run.information = information_rows(spec.name, kb, games)
-        run.metrics = information_metrics(spec.name, pd.DataFrame(run.information), games, kb, max(played))
+        run.metrics = suite_information_metrics(spec.name, pd.DataFrame(run.information), games, kb, max(played))
     if spec.beliefs and belief_fn is not None:
         games = played[max(played)]
         curves = belief_fn(games)

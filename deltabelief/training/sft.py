@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +33,8 @@ from tqdm.auto import tqdm
 
 from deltabelief.config import Config, OptimConfig, SFTConfig
 from deltabelief.policy.chat import ChatTemplateError, encode, render
-from deltabelief.training.logprobs import right_pad, token_logprobs
 from deltabelief.threads import ThreadFitter
+from deltabelief.training.logprobs import right_pad, token_logprobs
 from deltabelief.training.optim import build_optimizer
 from deltabelief.training.prefix_tree import collate_rows, pack_prefix_trees, tree_nll_sum
 
@@ -210,14 +209,14 @@ def train_sft(
     optimizer = build_optimizer(params, optim, lr=sft.lr)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     micro = sft.micro_batch_size or sft.batch_size
-    steps_per_epoch = math.ceil(len(examples) / sft.batch_size) + (sft.packing != "none")
+    epochs = [_epoch_batches(examples, sft, epoch) for epoch in range(sft.epochs)]
     result = SFTResult(None, num_examples=len(examples), num_truncated=num_truncated,
                        num_trained_tokens=sum(sum(e.loss_mask) for e in examples))
     model.train()
     threads = ThreadFitter(num_threads, adapt=adapt_threads)
-    bar = tqdm(total=sft.epochs * steps_per_epoch, desc="sft", disable=not progress)
-    for epoch in range(sft.epochs):
-        for batch in _epoch_batches(examples, sft, epoch):
+    bar = tqdm(total=sum(len(batches) for batches in epochs), desc="sft", disable=not progress)
+    for epoch, batches in enumerate(epochs):
+        for batch in batches:
             threads.fit()
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
