@@ -268,9 +268,9 @@ def evaluate(
         curves = _curves(beliefs)
     information = None
     if info_rows:
-        info_path = out_dir / "information.parquet"
-        pd.DataFrame(info_rows).to_parquet(info_path, index=False)
-        information = information_per_turn(pd.DataFrame(info_rows))
+        questions = pd.DataFrame(info_rows)
+        questions.to_parquet(out_dir / "information.parquet", index=False)
+        information = information_per_turn(questions)
         metrics.update(info_metrics)
     for name, value in seconds.items():
         metrics[f"perf/eval_{name}_seconds"] = value
