@@ -74,6 +74,22 @@ class PolicyConfig:
     """Before each SFT batch and RL step, use only the cores other processes left idle during the
     last one (deltabelief/threads.py; `make bench` measures when that helps)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    backend: Literal["local", "openai"] = "local"
+    """Evaluation only. 'local': load ``model``'s weights here. 'openai': play through a served model
+    (vLLM, or `deltabelief serve`) at ``base_url``; ``model`` then only names the tokenizer
+    (deltabelief/policy/remote.py). Belief curves need local weights and are skipped."""
+    base_url: str = ""
+    """With backend 'openai': the server's OpenAI base URL, e.g. http://127.0.0.1:8000/v1."""
+    served_model: str = ""
+    """The model name requests carry (empty: ``model``)."""
+    api_key_env: str = "DELTABELIEF_POLICY_API_KEY"
+    """Environment variable holding the policy server's API key (unset: no key sent)."""
+    max_concurrency: int = 16
+    """Requests in flight at once with backend 'openai'."""
+    timeout_s: float = 60.0
+    """Seconds per request attempt with backend 'openai'."""
+    max_retries: int = 3
+    """Retries of a request that timed out or got 408/429/5xx, with backoff."""
 
 
 @dataclass
@@ -387,7 +403,7 @@ RANGES: dict[type, dict[str, Range]] = {
     PolicyConfig: {
         "max_new_tokens": COUNT, "temperature": NON_NEGATIVE, "top_p": NUCLEUS, "top_k": NON_NEGATIVE,
         "eval_temperature": NON_NEGATIVE, "eval_top_p": NUCLEUS, "eval_top_k": NON_NEGATIVE, "batch_size": COUNT,
-        "num_threads": NON_NEGATIVE,
+        "num_threads": NON_NEGATIVE, "max_concurrency": COUNT, "timeout_s": POSITIVE, "max_retries": NON_NEGATIVE,
     },
     LoraConfig: {"r": COUNT, "alpha": POSITIVE, "dropout": FRACTION_BELOW_ONE},
     GameConfig: {"max_turns": COUNT, "min_question_chars": NON_NEGATIVE, "max_question_chars": COUNT},
@@ -452,6 +468,8 @@ def check_ranges(config: Config) -> Config:
     if game.max_question_chars < game.min_question_chars:
         problems.append(f"game.max_question_chars = {game.max_question_chars} must be >= "
                         f"game.min_question_chars = {game.min_question_chars}")
+    if config.policy.backend == "openai" and not config.policy.base_url:
+        problems.append("policy.backend = 'openai' needs policy.base_url (e.g. http://127.0.0.1:8000/v1)")
     if problems:
         raise ConfigError("value(s) out of range: " + "; ".join(problems))
     return config

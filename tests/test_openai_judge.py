@@ -134,10 +134,10 @@ def test_transient_error_is_retried(status):
 
 
 def test_persistent_5xx_spends_retries_with_exponential_backoff(monkeypatch):
-    from deltabelief.judges import openai_compat
+    from deltabelief import retry
 
     delays = []
-    monkeypatch.setattr(openai_compat.time, "sleep", delays.append)
+    monkeypatch.setattr(retry.time, "sleep", delays.append)
     with scripted_server(lambda i, body, headers, rec: (503, {"error": "overloaded"})) as (url, rec):
         judge = make_openai_judge(_config(url, max_retries=3, backoff_s=0.5))
         with pytest.raises(JudgeUnavailableError, match=r"after 4 attempts.*HTTP 503.*overloaded"):

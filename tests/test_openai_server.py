@@ -105,7 +105,7 @@ def test_bad_requests_get_clear_errors(server, body, status, fragment):
 
 def test_unknown_routes_are_404(server):
     assert requests.get(f"{server}/nothing", timeout=TIMEOUT).status_code == 404
-    assert requests.post(f"{server}/completions", data="{}", timeout=TIMEOUT).status_code == 404
+    assert requests.post(f"{server}/embeddings", data="{}", timeout=TIMEOUT).status_code == 404
 
 
 def test_parse_chat_request_defaults():

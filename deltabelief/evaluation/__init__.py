@@ -92,6 +92,10 @@ def _policy_answer_fn(policy, config: EvalConfig) -> AnswerFn:
     from deltabelief.judges.local import generate_chat
 
     def answer(conversations):
+        if policy.model is None:  # a served policy (deltabelief/policy/remote.py)
+            replies = policy.chat(conversations, temperature=policy.config.eval_temperature,
+                                  max_tokens=config.answer_max_new_tokens, seed=config.seed)
+            return [reply.strip() for reply in replies]
         completions = generate_chat(
             policy.model, policy.tokenizer, conversations, temperature=policy.config.eval_temperature,
             max_tokens=config.answer_max_new_tokens, batch_size=policy.config.batch_size, seed=config.seed,
@@ -101,8 +105,12 @@ def _policy_answer_fn(policy, config: EvalConfig) -> AnswerFn:
     return answer
 
 
-def _policy_belief_fn(policy, belief: BeliefConfig) -> BeliefFn:
+def _policy_belief_fn(policy, belief: BeliefConfig) -> BeliefFn | None:
+    """Belief curves from the policy's weights; None for a served policy, which has none here."""
     from deltabelief.belief import score_beliefs
+
+    if policy.model is None:
+        return None
 
     def score(trajectories):
         scores = score_beliefs(policy.model, policy.tokenizer, trajectories, belief.template,
@@ -180,6 +188,8 @@ def _run_suites(config, policy, *, data, game, targets, judges, play_fn, answer_
         else:
             scorer = belief_fn() if spec.beliefs and config.belief_curves else None
             run = run_success_suite(spec, suite_game, judge, chosen, config, policy, play_fn, scorer, progress)
+            if scorer is None and spec.beliefs and config.belief_curves:
+                run.notes["belief curves"] = "skipped: the policy is served, its weights are not here"
         rows += run.rows
         belief_rows += run.beliefs
         info_rows += run.information

@@ -276,8 +276,8 @@ def evaluate_model(config: Config, out_dir: str | Path, progress: bool = True):
     """Load ``config.policy`` and run :func:`deltabelief.evaluation.evaluate` with the run's data,
     game and belief settings (what ``deltabelief eval`` does)."""
     from deltabelief.evaluation import evaluate
-    from deltabelief.policy.policy import Policy
+    from deltabelief.policy.remote import load_policy
 
-    policy = Policy.from_config(config.policy, seed=config.eval.seed)
+    policy = load_policy(config.policy, seed=config.eval.seed)
     return evaluate(config.eval, policy, out_dir, data=config.data, game=config.game, belief=config.belief,
                     progress=progress)

@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import requests
@@ -31,6 +30,7 @@ import requests
 from deltabelief.config import JudgeConfig
 from deltabelief.judges.base import JudgeReply, JudgeRequest, register_judge
 from deltabelief.judges.parsing import build_messages, parse_reply
+from deltabelief.retry import RetriesExhausted, Retryable, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,6 @@ class JudgeUnavailableError(RuntimeError):
 
 class JudgeResponseError(RuntimeError):
     """The judge server answered with an error that retrying will not fix, or with a malformed body."""
-
-
-class _Retryable(Exception):
-    """One failed attempt that may succeed when tried again."""
 
 
 class OpenAIJudge:
@@ -168,23 +164,19 @@ class OpenAIJudge:
         """``(assistant text, finish_reason)`` for one chat, retrying transient failures."""
         payload = chat_payload(self.config, messages)
         attempts = self.config.max_retries + 1
-        last_error = ""
-        for attempt in range(1, attempts + 1):
-            if attempt > 1:
-                delay = self.config.backoff_s * 2 ** (attempt - 2)
-                log.info("judge attempt %d/%d in %.2fs after: %s", attempt, attempts, delay, last_error)
-                time.sleep(delay)
-            with self._lock:
-                self.stats["attempts"] += 1
-                self.stats["retries"] += int(attempt > 1)
-            try:
-                return self._post_once(payload)
-            except _Retryable as err:
-                last_error = str(err)
-        raise JudgeUnavailableError(
-            f"judge server at {self.url} did not answer after {attempts} attempts "
-            f"(timeout {self.config.timeout_s}s per attempt); last error: {last_error}"
-        )
+        try:
+            return with_retries(lambda: self._post_once(payload), attempts, self.config.backoff_s,
+                                what="judge attempt", on_attempt=self._count_attempt)
+        except RetriesExhausted as err:
+            raise JudgeUnavailableError(
+                f"judge server at {self.url} did not answer after {attempts} attempts "
+                f"(timeout {self.config.timeout_s}s per attempt); last error: {err}"
+            ) from None
+
+    def _count_attempt(self, attempt: int) -> None:
+        with self._lock:
+            self.stats["attempts"] += 1
+            self.stats["retries"] += int(attempt > 1)
 
     def _post_once(self, payload: dict) -> tuple[str, str]:
         try:
@@ -192,9 +184,9 @@ class OpenAIJudge:
                 self.url, json=payload, headers=self._headers(), timeout=self.config.timeout_s
             )
         except (requests.ConnectionError, requests.Timeout) as err:
-            raise _Retryable(self._redact(f"{type(err).__name__}: {err}")) from None
+            raise Retryable(self._redact(f"{type(err).__name__}: {err}")) from None
         if is_retryable_status(response.status_code):
-            raise _Retryable(f"HTTP {response.status_code}: {self._body_preview(response)}")
+            raise Retryable(f"HTTP {response.status_code}: {self._body_preview(response)}")
         if response.status_code != 200:
             raise JudgeResponseError(
                 f"judge server at {self.url} refused the request: HTTP {response.status_code}: "

@@ -16,6 +16,23 @@ from deltabelief.policy.sampling import Generators, PrefixCache, Sample, Samplin
 log = logging.getLogger(__name__)
 
 
+def sampling_params(config: PolicyConfig, eval_mode: bool = False) -> SamplingParams:
+    """The training settings (temperature/top_p/top_k) of ``config``, or its eval_* ones."""
+    if eval_mode:
+        return SamplingParams(config.eval_temperature, config.eval_top_p, config.eval_top_k, config.max_new_tokens)
+    return SamplingParams(config.temperature, config.top_p, config.top_k, config.max_new_tokens)
+
+
+def move_stop_tokens(tokenizer, vocab_size: int, extra_eos: list[int] = ()) -> StopTokens:
+    """Where a move ends: the tokenizer's eos, ``extra_eos`` and the chat template's end-of-turn
+    marker when it is a single special token."""
+    extra = list(extra_eos)
+    marker = end_of_turn_ids(tokenizer)[:1]
+    if marker and marker[0] in tokenizer.all_special_ids:
+        extra += marker
+    return StopTokens.for_tokenizer(tokenizer, vocab_size, tuple(extra))
+
+
 class Policy:
     """Model + tokenizer + :class:`~deltabelief.config.PolicyConfig`.
 
@@ -40,10 +57,7 @@ class Policy:
 
     def sampling_params(self, eval_mode: bool = False) -> SamplingParams:
         """Training settings (temperature/top_p/top_k) or the eval_* ones."""
-        c = self.config
-        if eval_mode:
-            return SamplingParams(c.eval_temperature, c.eval_top_p, c.eval_top_k, c.max_new_tokens)
-        return SamplingParams(c.temperature, c.top_p, c.top_k, c.max_new_tokens)
+        return sampling_params(self.config, eval_mode)
 
     def stop_tokens(self) -> StopTokens:
         """Stop at the tokenizer's eos, the generation config's eos ids and the template's
@@ -52,10 +66,7 @@ class Policy:
             vocab = self.model.get_output_embeddings().weight.shape[0]
             extra = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
             extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
-            marker = end_of_turn_ids(self.tokenizer)[:1]
-            if marker and marker[0] in self.tokenizer.all_special_ids:
-                extra += marker
-            self._stops = StopTokens.for_tokenizer(self.tokenizer, vocab, tuple(extra))
+            self._stops = move_stop_tokens(self.tokenizer, vocab, extra)
         return self._stops
 
     def sample(

@@ -31,6 +31,7 @@ A row stops (a move is cut to one question):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,14 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 log = logging.getLogger(__name__)
 
 STOP_EOS, STOP_QUESTION, STOP_LENGTH = "eos", "question", "length"
+
+
+class GenerationStopped(RuntimeError):
+    """A caller's ``should_stop`` ended sampling before every row had stopped."""
+
+    def __init__(self, tokens: int):
+        super().__init__(f"stopped after {tokens} tokens")
+        self.tokens = tokens
 
 
 @dataclass(frozen=True)
@@ -260,12 +269,15 @@ def sample_batch(
     model, tokenizer, prompts: list[list[int]], params: SamplingParams, *,
     generator: Generators, stops: StopTokens | None = None,
     prefixes: list[PrefixCache | None] | None = None, keep_cache: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Sample]:
     """Sample one move for each prompt in one forward batch (rules: module docstring).
 
     ``prefixes[i]``, when given, holds the KV of ``prompts[i][:length]`` from an earlier call;
     ``keep_cache`` returns each row's KV (prompt and fed move tokens) in ``Sample.cache``.
     ``generator``: one for all rows or a list with one per prompt.
+    ``should_stop``, checked before every decoding step, abandons the batch with
+    :class:`GenerationStopped` (a server whose client left or whose time ran out).
     """
     if not isinstance(generator, torch.Generator) and len(generator) != len(prompts):
         raise ValueError(f"{len(prompts)} rows but {len(generator)} generators")
@@ -302,6 +314,8 @@ def sample_batch(
                 cache.batch_select_indices(index)
                 tokens, mask, positions = tokens[index], mask[index], positions[index]
                 rows = [rows[b] for b in keep]
+            if should_stop is not None and should_stop():
+                raise GenerationStopped(max(len(o.token_ids) for o in out))
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)  # [B, C+N+t+1]
             positions = positions + 1  # [B]
             logits = _forward(model, tokens[:, None], mask, positions[:, None], cache)

@@ -6,6 +6,8 @@ Standard library only (``http.server``). Endpoints:
   ``temperature`` (default 1.0, 0 = greedy), ``max_tokens`` (or
   ``max_completion_tokens``, default 256), ``seed`` and ``n`` (must be 1) are
   optional; ``stream`` is not supported;
+- ``POST /v1/completions``: a token-id prompt, sampled exactly as local play samples a move
+  (the subset of vLLM's completions API a remote policy uses: :mod:`.token_completions`);
 - ``GET /v1/models``: the one served model;
 - ``GET /health``: ``status`` ('ok': idle; 'busy': generating, a new request
   would wait; 'full': the queue is full, a new request would be refused;
@@ -46,8 +48,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import torch
+
 from deltabelief.judges.local import generate_chat
 from deltabelief.serving.generation_queue import ClientGone, GenerationQueue, QueueFull, QueueTimeout
+from deltabelief.serving.token_completions import CompletionRequestError, completion_body, parse_completion_request
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +175,7 @@ class ChatBackend:
         # No token decodes to more characters than the longest vocabulary entry, so a prompt of
         # more than context x that many characters is refused before it is tokenized at all.
         self._max_token_chars = max((len(t) for t in tokenizer.get_vocab()), default=1)
+        self._stops = None  # the move-cut rules of /v1/completions, computed on first use
 
     def check_fits(self, params: ChatParams) -> int:
         """The prompt's token count; raises a 400 naming the context when prompt + max_tokens exceed it."""
@@ -190,13 +196,10 @@ class ChatBackend:
             )
         return prompt_tokens
 
-    def complete(self, params: ChatParams, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        """An OpenAI ``chat.completion`` object for validated ``params``.
-
-        Raises :class:`RequestError` (400: does not fit; 503: queue full, waited too long, or
-        generation over its time limit) and :class:`ClientGone`.
-        """
-        self.check_fits(params)
+    def _within_limits(self, generate: Callable[[Callable[[], bool]], Any], client_gone: Callable[[], bool]
+                       ) -> tuple[Any, str | None]:
+        """Run ``generate(stop)`` in the queue's slot; ``stop()`` turns true once the client is gone or
+        the time limit passed. Returns (its result, why it was stopped: 'client', 'time' or None)."""
         try:
             with self.queue.slot(client_gone):
                 deadline = time.monotonic() + self.limits.generation_timeout_s
@@ -209,26 +212,35 @@ class ChatBackend:
                         stopped.append("time")
                     return bool(stopped)
 
-                (completion,) = self.generate(
-                    self.model,
-                    self.tokenizer,
-                    [params.messages],
-                    temperature=params.temperature,
-                    max_tokens=params.max_tokens,
-                    seed=params.seed,
-                    stop=stop,
-                )
+                result = generate(stop)
         except (QueueFull, QueueTimeout) as err:
             raise RequestError(f"server busy: {err}; retry later", HTTPStatus.SERVICE_UNAVAILABLE) from err
-        if "client" in stopped:
+        return result, (stopped[0] if stopped else None)
+
+    def _time_limit_error(self, tokens: int | str) -> RequestError:
+        return RequestError(
+            f"generation stopped at the server's time limit of {self.limits.generation_timeout_s:g} s "
+            f"after {tokens} tokens; lower 'max_tokens' or retry later",
+            HTTPStatus.SERVICE_UNAVAILABLE,
+        )
+
+    def complete(self, params: ChatParams, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """An OpenAI ``chat.completion`` object for validated ``params``.
+
+        Raises :class:`RequestError` (400: does not fit; 503: queue full, waited too long, or
+        generation over its time limit) and :class:`ClientGone`.
+        """
+        self.check_fits(params)
+        (completion,), stopped = self._within_limits(
+            lambda stop: self.generate(self.model, self.tokenizer, [params.messages], temperature=params.temperature,
+                                       max_tokens=params.max_tokens, seed=params.seed, stop=stop),
+            client_gone,
+        )
+        if stopped == "client":
             raise ClientGone(f"the client closed its connection; generation stopped after "
                              f"{completion.completion_tokens} tokens")
-        if "time" in stopped:
-            raise RequestError(
-                f"generation stopped at the server's time limit of {self.limits.generation_timeout_s:g} s "
-                f"after {completion.completion_tokens} tokens; lower 'max_tokens' or retry later",
-                HTTPStatus.SERVICE_UNAVAILABLE,
-            )
+        if stopped == "time":
+            raise self._time_limit_error(completion.completion_tokens)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -247,6 +259,38 @@ class ChatBackend:
                 "total_tokens": completion.prompt_tokens + completion.completion_tokens,
             },
         }
+
+    def complete_tokens(self, body: Any, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """A ``text_completion`` for a token-id prompt (:mod:`.token_completions`), sampled as local play samples."""
+        from deltabelief.policy.sampling import GenerationStopped, StopTokens, sample_batch
+
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        try:
+            params = parse_completion_request(body, self.model_name, vocab)
+        except CompletionRequestError as err:
+            raise RequestError(str(err), err.status) from err
+        if len(params.prompt_ids) + params.sampling.max_new_tokens > self.context_tokens:
+            raise RequestError(f"this model's context is {self.context_tokens} tokens, but the prompt takes "
+                               f"{len(params.prompt_ids)} and 'max_tokens' asks for {params.sampling.max_new_tokens}")
+        if self._stops is None:
+            self._stops = StopTokens.for_tokenizer(self.tokenizer, vocab)
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(7), "big")
+
+        def generate(stop):
+            try:
+                (sample,) = sample_batch(self.model, self.tokenizer, [params.prompt_ids], params.sampling,
+                                         generator=torch.Generator().manual_seed(seed), stops=self._stops,
+                                         should_stop=stop)
+                return sample
+            except GenerationStopped as err:
+                return err
+
+        sample, stopped = self._within_limits(generate, client_gone)
+        if stopped == "client":
+            raise ClientGone(f"the client closed its connection; generation {sample}")
+        if stopped == "time":
+            raise self._time_limit_error(sample.tokens)
+        return completion_body(sample, params, self.model_name)
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of ``GET /health``: what a new request would meet now."""
@@ -340,18 +384,22 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/v1/models":
             self._send(200, self.backend.models())
         else:
-            self._error(404, f"no route GET {path}; routes: GET /health, GET /v1/models, POST /v1/chat/completions")
+            self._error(404, f"no route GET {path}; routes: GET /health, GET /v1/models, POST /v1/chat/completions, "
+                                  "POST /v1/completions")
 
     def do_POST(self) -> None:  # noqa: N802 (stdlib name)
         path = self.path.split("?", 1)[0].rstrip("/")
-        if path != "/v1/chat/completions":
-            self._error(404, f"no route POST {path}; routes: POST /v1/chat/completions")
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            self._error(404, f"no route POST {path}; routes: POST /v1/chat/completions, POST /v1/completions")
             return
         if not self._authorized():
             return
         try:
-            params = parse_chat_request(self._read_json(), self.backend.model_name)
-            response = self.backend.complete(params, self._client_gone)
+            body = self._read_json()
+            if path == "/v1/completions":
+                response = self.backend.complete_tokens(body, self._client_gone)
+            else:
+                response = self.backend.complete(parse_chat_request(body, self.backend.model_name), self._client_gone)
         except RequestError as err:
             self._error(err.status, str(err))
             return
