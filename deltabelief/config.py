@@ -299,6 +299,12 @@ class EvalConfig:
     """User Personalization: token budget of the agent's final answer."""
     belief_curves: bool = True
     """Score the policy's belief after every turn of Twenty Questions (belief curves)."""
+    policy_server: Literal["local", "vllm", "deltabelief"] = "local"
+    """Where the evaluated model runs. 'local': its weights load in the evaluating process. 'vllm':
+    the stage starts `vllm serve` on its pod's GPUs and plays through it; 'deltabelief': the same
+    with `deltabelief serve` (CPU). See deltabelief/serving/policy_server.py."""
+    policy_server_timeout_s: float = 900.0
+    """Seconds the started policy server may take to load the model and answer."""
 
 
 @dataclass
@@ -435,7 +441,7 @@ RANGES: dict[type, dict[str, Range]] = {
     },
     EvalConfig: {
         "k": COUNT, "budgets": COUNT, "num_targets": NON_NEGATIVE, "personalization_turns": NON_NEGATIVE,
-        "answer_max_new_tokens": COUNT,
+        "answer_max_new_tokens": COUNT, "policy_server_timeout_s": POSITIVE,
     },
     ClusterConfig: {
         "num_nodes": COUNT, "gpus_per_node": COUNT, "judge_gpus": NON_NEGATIVE, "rollout_tensor_parallel": COUNT,

@@ -258,16 +258,11 @@ def train_stage_with_threads(num_threads: int, *args) -> Path:
 def evaluate_stage(config: Config, model_dir: Path, out_dir: Path, ctx: RunContext, stage: str = "evaluate") -> EvalSummary:
     import pandas as pd
 
-    from deltabelief.evaluation import evaluate
     from deltabelief.gate import target_scores
-    from deltabelief.policy.policy import Policy
+    from deltabelief.serving.policy_server import evaluate_saved_model
 
     def body(tracker: Tracker):
-        eval_config = override(config, {"policy.model": str(model_dir)})
-        policy = Policy.from_config(eval_config.policy, seed=config.eval.seed)
-        result = evaluate(
-            eval_config.eval, policy, out_dir, data=config.data, game=config.game, belief=config.belief
-        )
+        result = evaluate_saved_model(config, model_dir, out_dir)
         tracker.log(result.metrics)
         tracker.log_artifact(result.out_dir, "evaluation")
         signature = suite_signature(config)

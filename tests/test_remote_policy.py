@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import sys
 
 import pytest
 import requests
@@ -130,3 +131,38 @@ def test_evaluation_through_a_served_policy_skips_belief_curves_and_says_so(serv
     assert "skipped" in result.notes["twenty_questions"]["belief curves"]
     assert not (tmp_path / "belief_curves.png").exists()
     assert (tmp_path / "results.parquet").exists()
+
+
+def test_the_gpu_evaluation_starts_a_server_plays_through_it_and_stops_it(tmp_path, monkeypatch):
+    """eval.policy_server='deltabelief' stands in for 'vllm' on the CPU: the same launch, the same client
+    (whose games equal local play: the parity test above)."""
+    from deltabelief.serving import policy_server
+
+    model_dir = Policy(*tiny_causal_lm(0), PolicyConfig(model="tiny")).save(tmp_path / "model")
+    config = load_config("tiny", [f"policy.model={model_dir}", "eval.num_targets=2", "eval.k=1", "eval.budgets=[2]",
+                                  "eval.suites=[twenty_questions]", "eval.policy_server=deltabelief"])
+    launched = []
+    real_launch = policy_server.launched_server
+
+    @contextlib.contextmanager
+    def recording_launch(argv, base_url, ready_timeout_s):
+        with real_launch(argv, base_url, ready_timeout_s) as url:
+            launched.append(url)
+            yield url
+        with pytest.raises(requests.ConnectionError):  # stopped once the evaluation is done
+            requests.get(f"{url}/models", timeout=5)
+
+    monkeypatch.setattr(policy_server, "launched_server", recording_launch)
+    result = policy_server.evaluate_through_server(config, model_dir, tmp_path / "eval", progress=False)
+    assert len(launched) == 1
+    assert len(result.results) == 2  # 2 targets x 1 sample x 1 budget
+    assert "served" in result.notes["twenty_questions"]["belief curves"]  # played through the server
+
+
+def test_a_policy_server_that_dies_at_start_is_an_error_quoting_its_log():
+    from deltabelief.serving.policy_server import PolicyServerStartError, launched_server
+
+    argv = [sys.executable, "-c", "import sys; print('no GPU here'); sys.exit(3)"]
+    with pytest.raises(PolicyServerStartError, match="exited with code 3(.|\n)*no GPU here"):
+        with launched_server(argv, "http://127.0.0.1:9/v1", ready_timeout_s=30):
+            pass
