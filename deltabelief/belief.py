@@ -26,7 +26,9 @@ log-probability.
 ``input_ids[:e_N] | suffix_0 | … | suffix_N`` where suffix_t attends to ``input_ids[:e_t]`` and
 causally to itself only (a 4-D additive attention mask, 0 where allowed and −inf elsewhere),
 with position ids continuing from e_t. :func:`score_beliefs_per_prefix` is the slow reference:
-one plain forward per prefix.
+one plain forward per prefix. The layout has one home, :func:`pack_prefixes` and
+:func:`score_packed_rows`; the verl actor workers use the same two
+(:mod:`deltabelief.integrations.verl.belief_worker`).
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def _elicitations(
 
 
 @dataclass
-class _Packed:
+class PackedRow:
     """One trajectory's packed sequence and where to read the target log-probabilities."""
 
     ids: list[int]
@@ -194,11 +196,21 @@ class _Packed:
     """[K]"""
 
 
-def _pack(trajectory: Trajectory, elicitation: Elicitation) -> _Packed:
-    ends = turn_ends(trajectory)
+def packed_length(ends: Sequence[int], suffix_length: int) -> int:
+    """Tokens of one packed row: h_N once plus N+1 suffixes."""
+    return ends[-1] + len(ends) * suffix_length
+
+
+def per_prefix_length(ends: Sequence[int], suffix_length: int) -> int:
+    """Tokens the per-prefix reference feeds: h_t + suffix for every t."""
+    return sum(end + suffix_length for end in ends)
+
+
+def pack_prefixes(input_ids: Sequence[int], ends: Sequence[int], elicitation: Elicitation) -> PackedRow:
+    """The packed row for h_t = ``input_ids[:ends[t]]``, t = 0..N (``ends`` increasing, checked by the caller)."""
     suffix, num_prefix = elicitation.ids, len(elicitation.prefix_ids)
     base = ends[-1]
-    ids = list(trajectory.input_ids[:base])
+    ids = list(input_ids[:base])
     position_ids, segment_start, context_end = list(range(base)), [0] * base, [0] * base
     read = []
     for end in ends:  # suffix_t for h_t = input_ids[:end]
@@ -211,8 +223,12 @@ def _pack(trajectory: Trajectory, elicitation: Elicitation) -> _Packed:
         # k = 0 with an empty prefix that earlier position is h_t's last token (end - 1).
         read.append([start + num_prefix + k - 1 if num_prefix + k > 0 else end - 1
                      for k in range(len(elicitation.target_ids))])
-    return _Packed(ids, base, position_ids, segment_start, context_end,
-                   torch.tensor(read, dtype=torch.long), torch.tensor(elicitation.target_ids, dtype=torch.long))
+    return PackedRow(ids, base, position_ids, segment_start, context_end,
+                     torch.tensor(read, dtype=torch.long), torch.tensor(elicitation.target_ids, dtype=torch.long))
+
+
+def _pack(trajectory: Trajectory, elicitation: Elicitation) -> PackedRow:
+    return pack_prefixes(trajectory.input_ids, turn_ends(trajectory), elicitation)
 
 
 def packed_attention_mask(segment_start: torch.Tensor, context_end: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -233,7 +249,7 @@ def packed_attention_mask(segment_start: torch.Tensor, context_end: torch.Tensor
     return mask[:, None]  # [B, 1, L, L]
 
 
-def _collate(packs: list[_Packed], pad_id: int) -> dict:
+def _collate(packs: list[PackedRow], pad_id: int) -> dict:
     """Pad packed rows to one length L with the padding *between* history and suffix block.
 
     The suffix blocks end at column L in every row, so rows with the same number of turns and
@@ -250,7 +266,7 @@ def _collate(packs: list[_Packed], pad_id: int) -> dict:
     for row, p in enumerate(packs):
         shift = length - len(p.ids)  # padding inserted at column p.history
 
-        def moved(index: torch.Tensor, p: _Packed = p, shift: int = shift) -> torch.Tensor:
+        def moved(index: torch.Tensor, p: PackedRow = p, shift: int = shift) -> torch.Tensor:
             return torch.where(index >= p.history, index + shift, index)
 
         columns = moved(torch.arange(len(p.ids)))  # [L_i] where each packed token lands
@@ -282,11 +298,17 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _score_packed_batch(model, packs: list[_Packed], pad_id: int) -> list[torch.Tensor]:
-    """One forward over a padded batch of packed rows -> one [N_i+1] log-belief tensor per row."""
+def score_packed_rows(model, packs: list[PackedRow], pad_id: int,
+                      mask_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """One forward over a padded batch of packed rows -> one [N_i+1] log-belief tensor per row.
+
+    The caller puts the model in eval mode without gradients. ``mask_dtype``: the attention
+    computation's dtype (default: the embedding weights'); under autocast or FSDP mixed precision
+    pass the compute dtype.
+    """
     batch = _collate(packs, pad_id)
     device = _model_device(model)
-    mask = packed_attention_mask(batch["start"], batch["context"], _model_dtype(model))  # [B, 1, L, L]
+    mask = packed_attention_mask(batch["start"], batch["context"], mask_dtype or _model_dtype(model))  # [B, 1, L, L]
     keep = torch.unique(torch.cat([r.flatten() for r in batch["reads"]]))  # [U] sorted columns to read
     logits = model(
         input_ids=batch["ids"].to(device),
@@ -356,7 +378,7 @@ def score_beliefs(
     with _eval_mode(model):
         for first in range(0, len(order), batch_size):
             chunk = order[first : first + batch_size]
-            for index, values in zip(chunk, _score_packed_batch(model, [packs[i] for i in chunk], pad_id)):
+            for index, values in zip(chunk, score_packed_rows(model, [packs[i] for i in chunk], pad_id)):
                 rows[index] = values
     return _assemble(trajectories, rows, elicitations, excluded, mismatches)
 

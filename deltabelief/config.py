@@ -341,8 +341,12 @@ class ClusterConfig:
     observation_token_reserve: int = 64
     """Tokens kept for each answer (end-of-turn, user message, next header) when sizing verl's
     response_length; a game with less room left stops early and is counted as truncated."""
+    belief_layout: Literal["packed", "per_prefix"] = "packed"
+    """How the actor scores log b_0..log b_N: ``packed``, one row per rollout (h_N and N+1
+    elicitations, a 4-D attention mask, sdpa attention for that pass); ``per_prefix``, one
+    elicitation row per (rollout, turn) through the actor's compute_log_prob (docs/cluster.md)."""
     belief_chunk_size: int = 4096
-    """Elicitation sequences (h_t + elicitation) per call of the actor's compute_log_prob."""
+    """Per-prefix layout: elicitation sequences (h_t + elicitation) per call of the actor's compute_log_prob."""
     agent_loop_workers: int = 8
     """verl agent-loop worker actors (CPU) that play games concurrently against the judge."""
 

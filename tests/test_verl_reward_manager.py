@@ -21,6 +21,7 @@ from deltabelief.belief import delta_beliefs, score_beliefs_per_prefix
 from deltabelief.config import RewardConfig
 from deltabelief.games.base import Target
 from deltabelief.integrations.verl.belief import score_beliefs
+from deltabelief.integrations.verl.packed_belief import score_payload
 from deltabelief.integrations.verl.reward_manager import (
     BELIEF_KEY, BELIEF_MASK_KEY, DeltaBeliefRewardManager, place_turn_rewards,
 )
@@ -110,22 +111,34 @@ class CpuActorWorkerGroup:
         self.model = model
         self._dispatch_info = {"actor": [0, 1]}
         self.num_rows: list[int] = []
+        self.packed_rows: list[int] = []
 
     def compute_log_prob(self, data):
         assert len(data) % 2 == 0, "rows must divide evenly over the data-parallel ranks"
         self.num_rows.append(len(data))
-        temperature = tu.get(data, "temperature")
-        log_probs, entropy = [], []
+        return cpu_log_probs(self.model, data)
+
+    def compute_packed_beliefs(self, data: DataProto) -> DataProto:
+        assert len(data) % 2 == 0, "rows must divide evenly over the data-parallel ranks"
+        self.packed_rows.append(len(data))
         with torch.no_grad():
-            for ids, positions in zip(data["input_ids"].unbind(), data["position_ids"].unbind()):
-                logits = self.model(input_ids=ids[None], position_ids=positions[None]).logits[0].float()
-                logp = torch.log_softmax(logits / temperature, dim=-1)  # [n, V]
-                picked = logp[:-1].gather(1, ids[1:, None])[:, 0]  # [n−1] log π(x_{i+1} | x_≤i)
-                log_probs.append(torch.cat([picked, picked.new_zeros(1)]))
-                entropy.append(-(logp.exp() * logp).sum(-1))
-        nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
-        return tu.get_tensordict({"log_probs": nested(log_probs), "entropy": nested(entropy)},
-                                 non_tensor_dict={"metrics": {"mfu": 0.0}})
+            return score_payload(self.model, data)
+
+
+def cpu_log_probs(model, data):
+    """verl's engine output for a no-padding TensorDict: nested ``log_probs``/``entropy``, ``metrics``."""
+    temperature = tu.get(data, "temperature")
+    log_probs, entropy = [], []
+    with torch.no_grad():
+        for ids, positions in zip(data["input_ids"].unbind(), data["position_ids"].unbind()):
+            logits = model(input_ids=ids[None], position_ids=positions[None]).logits[0].float()
+            logp = torch.log_softmax(logits / temperature, dim=-1)  # [n, V]
+            picked = logp[:-1].gather(1, ids[1:, None])[:, 0]  # [n−1] log π(x_{i+1} | x_≤i)
+            log_probs.append(torch.cat([picked, picked.new_zeros(1)]))
+            entropy.append(-(logp.exp() * logp).sum(-1))
+    nested = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
+    return tu.get_tensordict({"log_probs": nested(log_probs), "entropy": nested(entropy)},
+                             non_tensor_dict={"metrics": {"mfu": 0.0}})
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +182,9 @@ def test_hook_scores_beliefs_like_the_single_machine_scorer(hooked):
     torch.testing.assert_close(log_beliefs, reference.log_beliefs, rtol=1e-4, atol=1e-4)
     assert torch.equal(mask, reference.mask)
     assert BELIEF_KEY not in batch.batch.keys()  # not shipped to the workers
-    # 3 + 5 elicitation rows (h_0..h_N of each game) padded to an even count, then the rollouts
-    assert trainer.actor_rollout_wg.num_rows == [8, 2]
+    # the packed layout (the default): one row per game, then the rollouts' old-log-prob pass
+    assert trainer.actor_rollout_wg.packed_rows == [2]
+    assert trainer.actor_rollout_wg.num_rows == [2]
 
 
 def test_hook_rewrites_the_reward_fit_already_holds(hooked):

@@ -107,7 +107,8 @@ class ElicitationPlan:
         return len(self.rollout)
 
 
-def _elicitations(batch: DataProto, tokenizer, template: str, on_unlocatable: str) -> list[Elicitation | None]:
+def rollout_elicitations(batch: DataProto, tokenizer, template: str, on_unlocatable: str) -> list[Elicitation | None]:
+    """[B] the elicitation of each rollout's target (None when unlocatable and excluded); built once per target."""
     if on_unlocatable not in ("raise", "exclude"):
         raise ValueError(f"on_unlocatable must be 'raise' or 'exclude', got {on_unlocatable!r}")
     cache: dict[str, Elicitation | None] = {}
@@ -129,7 +130,7 @@ def plan_elicitations(
     batch: DataProto, tokenizer, template: str, *, on_unlocatable: Literal["raise", "exclude"] = "raise",
 ) -> ElicitationPlan:
     """The (rollout, t, e_t) of every elicitation row, checked against each rollout's response."""
-    elicitations = _elicitations(batch, tokenizer, template, on_unlocatable)
+    elicitations = rollout_elicitations(batch, tokenizer, template, on_unlocatable)
     rollout, turn, end, excluded = [], [], [], []
     width = 1
     for row, elicitation in enumerate(elicitations):

@@ -4,8 +4,10 @@ The trainer is verl's DataProto PPO trainer (``RayPPOTrainer``, ``trainer.use_v1
 hook, :meth:`DeltaBeliefTrainer._compute_old_log_prob`. verl calls it once per step, on the driver,
 after the rollouts and before the advantages. Before computing the old log-probs as usual it
 
-1. scores log b_0..log b_N of every rollout with the actor worker group's ``compute_log_prob``
-   on elicitation rows (:mod:`.belief`, the current policy at temperature 1);
+1. scores log b_0..log b_N of every rollout with the actor (the current policy at temperature 1):
+   ``cluster.belief_layout=packed`` sends one packed row per rollout to the actor workers'
+   ``compute_packed_beliefs`` (:mod:`.packed_belief`, :mod:`.belief_worker`); ``per_prefix`` sends
+   one elicitation row per (rollout, turn) to their ``compute_log_prob`` (:mod:`.belief`);
 2. turns beliefs, statuses and outcomes into per-turn rewards at each turn's last token
    (:class:`.reward_manager.DeltaBeliefRewardManager`);
 3. writes them into ``batch.batch["rm_scores"]`` in place. verl's ``fit`` has already taken that
@@ -13,7 +15,8 @@ after the rollouts and before the advantages. Before computing the old log-probs
    the tests check), so the advantage estimator (:mod:`.estimator`) sees the per-turn rewards.
 
 verl's ``TaskRunner`` is a Ray actor class, which Ray does not allow subclassing; the runner here
-subclasses its plain base (``BaseTaskRunner``) and mirrors ``TaskRunner.run`` with our trainer.
+subclasses its plain base (``BaseTaskRunner``) and mirrors ``TaskRunner.run`` with our trainer, and
+puts our actor worker (verl's plus ``compute_packed_beliefs``) in verl's place.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from deltabelief.games.base import Target
 from deltabelief.integrations.verl import agent_loop as _agent_loop  # noqa: F401  (registers the loop)
 from deltabelief.integrations.verl.estimator import use_estimator_options  # (also registers the estimators)
 from deltabelief.integrations.verl.belief import TURN_ENDS_KEY, score_beliefs
+from deltabelief.integrations.verl.packed_belief import layout_tokens, score_beliefs_packed
 from deltabelief.integrations.verl.config_gen import (
     AGENT_LOOP_NAME, CONFIG_SECTION, check_composed_config, compose_verl_config, config_from_section,
     write_agent_loop_config,
@@ -77,9 +81,7 @@ class DeltaBeliefTrainer(RayPPOTrainer):
         if "rm_scores" not in batch.batch.keys():
             raise KeyError("the rollout batch has no rm_scores: the agent loop must set reward_score")
         settings = config_from_section(self.config[CONFIG_SECTION])
-        log_beliefs, mask = score_beliefs(
-            batch, self.tokenizer, settings.belief.template, self._actor_log_probs,
-            chunk_size=settings.cluster.belief_chunk_size, on_unlocatable=settings.belief.on_unlocatable)
+        log_beliefs, mask, cost = self._score_beliefs(batch, settings)
         batch.batch[BELIEF_KEY], batch.batch[BELIEF_MASK_KEY] = log_beliefs, mask  # [B, T+1]
         manager = DeltaBeliefRewardManager(self.tokenizer, reward=settings.reward,
                                            estimator_name=settings.estimator.name,
@@ -91,8 +93,24 @@ class DeltaBeliefTrainer(RayPPOTrainer):
         rm_scores.copy_(out["reward_tensor"].to(rm_scores.device, rm_scores.dtype))
         truncated = [bool(v) for v in batch.non_tensor_batch["db_truncated"]]
         failed = exclude_failed_games(batch)
-        self._delta_belief_metrics = {**out["metrics"], "rollout/truncated_rate": sum(truncated) / len(truncated),
+        self._delta_belief_metrics = {**out["metrics"], **cost, "rollout/truncated_rate": sum(truncated) / len(truncated),
                                       "judge/failed_games": float(len(failed))}
+
+    def _score_beliefs(self, batch: DataProto, settings: Config) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """``(log_beliefs [B, T+1], mask [B, T+1], cost metrics)`` in the configured layout."""
+        template, layout = settings.belief.template, settings.cluster.belief_layout
+        tokens = layout_tokens(batch, self.tokenizer, template)
+        cost = {"belief/tokens_per_trajectory_token": tokens[layout] / max(tokens["trajectory"], 1)}
+        if layout == "per_prefix":
+            log_beliefs, mask = score_beliefs(
+                batch, self.tokenizer, template, self._actor_log_probs,
+                chunk_size=settings.cluster.belief_chunk_size, on_unlocatable=settings.belief.on_unlocatable)
+            return log_beliefs, mask, cost
+        scored = score_beliefs_packed(batch, self.tokenizer, template, self._actor_packed_beliefs,
+                                      micro_batch_size=settings.ppo.micro_batch_size,
+                                      on_unlocatable=settings.belief.on_unlocatable)
+        cost["belief/forward_tokens_per_trajectory_token"] = scored.forward_tokens / max(tokens["trajectory"], 1)
+        return scored.log_beliefs, scored.mask, cost
 
     def _actor_log_probs(self, rows: DataProto) -> torch.Tensor:
         """[M, R] log π of the rows' response tokens from the actor worker group (temperature 1)."""
@@ -105,6 +123,13 @@ class DeltaBeliefTrainer(RayPPOTrainer):
         output = self.actor_rollout_wg.compute_log_prob(batch_td)
         log_probs = no_padding_2_padding(tu.get(output, "log_probs"), batch_td)  # [M + pad, R]
         return log_probs[: len(rows)].float()
+
+    def _actor_packed_beliefs(self, payload: DataProto) -> DataProto:
+        """The actor worker group's packed belief pass on ``payload`` (one row per rollout)."""
+        dp_size = self._get_dp_size(self.actor_rollout_wg, "actor")
+        padded, pad = pad_dataproto_to_divisor(payload, dp_size)  # equal rows, so equal forwards, per rank
+        out = self.actor_rollout_wg.compute_packed_beliefs(padded)
+        return out[: len(payload)] if pad else out
 
 
 def exclude_failed_games(batch: DataProto) -> list[int]:
@@ -131,6 +156,18 @@ def exclude_failed_games(batch: DataProto) -> list[int]:
 @ray.remote
 class DeltaBeliefTaskRunner(BaseTaskRunner):
     """verl's task runner (a Ray actor on the cluster) building :class:`DeltaBeliefTrainer`."""
+
+    def add_actor_rollout_worker(self, config):
+        """verl's choice of actor worker and role, with our subclass (``compute_packed_beliefs``) as the worker."""
+        from verl.trainer.ppo.ray_trainer import Role
+
+        from deltabelief.integrations.verl.belief_worker import DeltaBeliefActorRolloutRefWorker
+
+        _, worker_group_cls = super().add_actor_rollout_worker(config)
+        # the role verl chose (ActorRolloutRef when the reference policy is fused in), as init_workers reads it
+        role = Role.ActorRolloutRef if Role.ActorRolloutRef in self.role_worker_mapping else Role.ActorRollout
+        self.role_worker_mapping[role] = ray.remote(DeltaBeliefActorRolloutRefWorker)
+        return DeltaBeliefActorRolloutRefWorker, worker_group_cls
 
     def run(self, config: DictConfig) -> None:
         from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler, need_critic, need_reference_policy
