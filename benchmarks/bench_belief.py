@@ -13,6 +13,17 @@ Reported per N: median wall and CPU seconds of each (calls interleaved), ``per_p
 from CPU time, the tokens each way feeds the model (noise-free), and the largest
 |packed − per_prefix| log-belief difference on the model's weights.
 
+Under ``verl`` the same game goes through the cluster path's two layouts (``cluster.belief_layout``),
+the actor's forward replaced by the same model on the CPU:
+
+- ``per_prefix``: :func:`deltabelief.integrations.verl.belief.score_beliefs`, elicitation rows in
+  verl's layout, each row's valid tokens forwarded as verl's remove-padding engine does;
+- ``packed``: :func:`deltabelief.integrations.verl.packed_belief.score_beliefs_packed` with
+  :func:`~deltabelief.integrations.verl.packed_belief.score_payload` (what each actor rank runs).
+
+Reported per N: tokens processed per trajectory token of each (``*_token_ratio``, counted),
+the CPU-time ratio ``per_prefix / packed`` and the largest |packed − per_prefix| difference.
+
     python benchmarks/bench_belief.py --model smollm2
 """
 
@@ -27,7 +38,12 @@ from typing import Callable
 
 import torch
 
+import numpy as np
+from verl.protocol import DataProto
+
 from deltabelief.belief import build_elicitation, score_beliefs, score_beliefs_per_prefix, turn_ends
+from deltabelief.integrations.verl.belief import score_beliefs as score_beliefs_verl
+from deltabelief.integrations.verl.packed_belief import layout_tokens, score_beliefs_packed, score_payload
 from deltabelief.games.base import Target
 from deltabelief.policy.chat import encode, observation_ids, prompt_ids
 from deltabelief.policy.loading import load_causal_lm
@@ -54,6 +70,76 @@ def build_trajectory(tokenizer, num_turns: int, target: str = "elephant") -> Tra
         ids = ids + move_ids + observation_ids(tokenizer, answer)
         turns.append(PolicyTurn(move_ids, span, [0.0] * len(move_ids), move, answer, "yes", end_of_turn=len(ids)))
     return Trajectory(Target(id=target, task="twenty_questions", target=target), 0, 0, ids, prompt_length, turns)
+
+
+def verl_rollouts(trajectories: list[Trajectory], pad_id: int) -> DataProto:
+    """Rollouts in verl's layout (prompts left-padded, responses right-padded) as the agent loop returns them."""
+    prompts = [t.input_ids[: t.prompt_length] for t in trajectories]
+    responses = [t.input_ids[t.prompt_length:] for t in trajectories]
+    width, length = max(map(len, prompts)), max(map(len, responses))
+    prompt_ids = torch.full((len(prompts), width), pad_id)  # [B, P]
+    response_ids = torch.full((len(prompts), length), pad_id)  # [B, R]
+    attention = torch.zeros((len(prompts), width + length), dtype=torch.long)  # [B, P + R]
+    ends, targets = np.empty(len(prompts), dtype=object), np.array([t.target.target for t in trajectories], dtype=object)
+    for row, (prompt, response, traj) in enumerate(zip(prompts, responses, trajectories)):
+        prompt_ids[row, width - len(prompt):] = torch.tensor(prompt)
+        response_ids[row, : len(response)] = torch.tensor(response)
+        attention[row, width - len(prompt): width + len(response)] = 1
+        ends[row] = [e - traj.prompt_length for e in turn_ends(traj)]  # response coordinates, e_0 = 0
+    return DataProto.from_dict(tensors={"prompts": prompt_ids, "responses": response_ids, "attention_mask": attention},
+                               non_tensors={"db_turn_ends": ends, "db_target": targets})
+
+
+def engine_log_probs(model) -> Callable[[DataProto], torch.Tensor]:
+    """The actor's compute_log_prob on the CPU: each row's valid tokens forwarded (no padding), as
+    verl's remove-padding engine feeds them; returns [M, R] log-probs of the response tokens."""
+
+    def compute(rows: DataProto) -> torch.Tensor:
+        width = rows.batch["prompts"].shape[1]
+        out = torch.zeros(rows.batch["responses"].shape)  # [M, R]
+        with torch.no_grad():
+            for row, (ids, attention) in enumerate(zip(rows.batch["input_ids"], rows.batch["attention_mask"])):
+                valid = attention.bool()
+                logits = model(input_ids=ids[valid][None], use_cache=False).logits[0].float()  # [n, V]
+                logp = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[valid][1:, None])[:, 0]  # [n−1]
+                num_prompt = int(valid[:width].sum())
+                response = logp[num_prompt - 1:]  # log π of response token k given everything before it
+                out[row, : len(response)] = response
+        return out
+
+    return compute
+
+
+def worker_packed_beliefs(model) -> Callable[[DataProto], DataProto]:
+    """What each actor rank runs in compute_packed_beliefs, on the CPU in eval mode."""
+
+    def compute(payload: DataProto) -> DataProto:
+        with torch.no_grad():
+            return score_payload(model, payload)
+
+    return compute
+
+
+def verl_layouts(model, tokenizer, traj: Trajectory, template: str, repeats: int) -> dict:
+    """The cluster path's two layouts on one game: counted tokens, CPU-time ratio, largest difference."""
+    rollouts = verl_rollouts([traj], tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    tokens = layout_tokens(rollouts, tokenizer, template)
+    times, out = _side_by_side({
+        "packed": lambda: score_beliefs_packed(rollouts, tokenizer, template, worker_packed_beliefs(model),
+                                               micro_batch_size=1),
+        "per_prefix": lambda: score_beliefs_verl(rollouts, tokenizer, template, engine_log_probs(model)),
+    }, repeats)
+    packed, (per_prefix, _) = out["packed"], out["per_prefix"]
+    return {
+        "trajectory_tokens": tokens["trajectory"],
+        "packed_tokens": packed.forward_tokens,
+        "per_prefix_tokens": tokens["per_prefix"],
+        "packed_token_ratio": packed.forward_tokens / tokens["trajectory"],
+        "per_prefix_token_ratio": tokens["per_prefix"] / tokens["trajectory"],
+        **{f"{name}_{key}": value for name, t in times.items() for key, value in t.items()},
+        "per_prefix_over_packed": times["per_prefix"]["cpu_s"] / times["packed"]["cpu_s"],
+        "max_abs_diff": (packed.log_beliefs - per_prefix).abs().max().item(),
+    }
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, float, object]:
@@ -84,7 +170,8 @@ def run(model_spec: str = "smollm2", turns: tuple[int, ...] = (5, 10, 20), repea
     reported too.
     """
     model, tokenizer = load_causal_lm(model_spec)
-    results: dict = {"model": model_spec, "template": template, "threads": torch.get_num_threads(), "turns": {}}
+    results: dict = {"model": model_spec, "template": template, "threads": torch.get_num_threads(), "turns": {},
+                     "verl": {}}
     for num_turns in turns:
         traj = build_trajectory(tokenizer, num_turns)
         ids = torch.tensor([traj.input_ids])
@@ -110,6 +197,8 @@ def run(model_spec: str = "smollm2", turns: tuple[int, ...] = (5, 10, 20), repea
             "max_abs_diff": (out["packed"].log_beliefs - out["per_prefix"].log_beliefs).abs().max().item(),
         }
         log.info("N=%d: %s", num_turns, results["turns"][num_turns])
+        results["verl"][num_turns] = verl_layouts(model, tokenizer, traj, template, repeats)
+        log.info("verl path, N=%d: %s", num_turns, results["verl"][num_turns])
     return results
 
 
@@ -117,9 +206,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2", help="model spec (smollm2, tiny, a directory, a .gguf file)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median reported)")
+    parser.add_argument("--turns", default="5,10,20", help="comma-separated game lengths")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(run(args.model, repeats=args.repeats), indent=2))
+    turns = tuple(int(n) for n in args.turns.split(","))
+    print(json.dumps(run(args.model, turns=turns, repeats=args.repeats), indent=2))
 
 
 if __name__ == "__main__":
