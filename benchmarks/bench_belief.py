@@ -80,7 +80,8 @@ def verl_rollouts(trajectories: list[Trajectory], pad_id: int) -> DataProto:
     prompt_ids = torch.full((len(prompts), width), pad_id)  # [B, P]
     response_ids = torch.full((len(prompts), length), pad_id)  # [B, R]
     attention = torch.zeros((len(prompts), width + length), dtype=torch.long)  # [B, P + R]
-    ends, targets = np.empty(len(prompts), dtype=object), np.array([t.target.target for t in trajectories], dtype=object)
+    ends = np.empty(len(prompts), dtype=object)
+    targets = np.array([t.target.target for t in trajectories], dtype=object)
     for row, (prompt, response, traj) in enumerate(zip(prompts, responses, trajectories)):
         prompt_ids[row, width - len(prompt):] = torch.tensor(prompt)
         response_ids[row, : len(response)] = torch.tensor(response)

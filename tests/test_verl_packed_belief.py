@@ -152,7 +152,8 @@ def batch(tiny):
     # 0, 1, 3 and 6 turns; prompts of different lengths (left padding); responses of different
     # lengths (right padding), one with tokens after h_N
     return rollout_batch(tokenizer, [("Find the word.", "dog", 3, 0),
-                                     ("You play Twenty Questions; ask one yes-or-no question a turn.", "ice cream", 6, 2),
+                                     ("You play Twenty Questions; ask one yes-or-no question a turn.",
+                                      "ice cream", 6, 2),
                                      ("Guess.", "apple", 1, 0),
                                      ("You play Twenty Questions.", "cat", 0, 0)])
 

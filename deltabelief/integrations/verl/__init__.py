@@ -7,6 +7,9 @@ Modules, each importable on its own:
 - :mod:`.estimator`: ``delta_belief_turn_grpo`` (and ``_grpo``, ``_rloo``) in verl's estimator registry.
 - :mod:`.agent_loop`: ``deltabelief_game``, a verl agent loop playing a game against the judge.
 - :mod:`.belief`: elicitation rows in verl's layout and log b_t from the actor's log-probs.
+- :mod:`.packed_belief`: one packed row per rollout (``cluster.belief_layout=packed``), log b_0..log b_N
+  from one forward per row.
+- :mod:`.belief_worker`: verl's actor worker plus ``compute_packed_beliefs`` (runs on the GPUs).
 - :mod:`.reward_manager`: ``delta_belief``, per-turn rewards at each turn's last token.
 - :mod:`.runner`: the trainer hook, the Ray task runner and :func:`run_verl`.
 

@@ -20,7 +20,6 @@ position ids (which restart at e_t for each suffix) as sequence boundaries.
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
@@ -32,8 +31,6 @@ from verl.utils.device import get_device_name
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from deltabelief.integrations.verl.packed_belief import score_payload
-
-log = logging.getLogger(__name__)
 
 MASKED_ATTENTION = ("sdpa", "eager")
 """HF attention implementations that honour a 4-D attention mask."""
@@ -56,7 +53,8 @@ def masked_attention(module: torch.nn.Module, implementation: str = "sdpa") -> I
     keeps its implementation.
     """
     if implementation not in MASKED_ATTENTION:
-        raise ValueError(f"attention implementation {implementation!r} takes no 4-D mask; use one of {MASKED_ATTENTION}")
+        raise ValueError(f"attention implementation {implementation!r} takes no 4-D mask; "
+                         f"use one of {MASKED_ATTENTION}")
     model = hf_model(module)
     previous = model.config._attn_implementation
     if previous in MASKED_ATTENTION:

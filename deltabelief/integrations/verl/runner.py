@@ -93,7 +93,8 @@ class DeltaBeliefTrainer(RayPPOTrainer):
         rm_scores.copy_(out["reward_tensor"].to(rm_scores.device, rm_scores.dtype))
         truncated = [bool(v) for v in batch.non_tensor_batch["db_truncated"]]
         failed = exclude_failed_games(batch)
-        self._delta_belief_metrics = {**out["metrics"], **cost, "rollout/truncated_rate": sum(truncated) / len(truncated),
+        self._delta_belief_metrics = {**out["metrics"], **cost,
+                                      "rollout/truncated_rate": sum(truncated) / len(truncated),
                                       "judge/failed_games": float(len(failed))}
 
     def _score_beliefs(self, batch: DataProto, settings: Config) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
