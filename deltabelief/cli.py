@@ -14,7 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
-from deltabelief.config import Config, ConfigError, load_config
+from deltabelief.config import Config, load_config
+from deltabelief.training.resume_hint import how_to_resume
+from deltabelief.user_errors import Interrupted, run_command
 
 log = logging.getLogger("deltabelief")
 
@@ -111,7 +113,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from deltabelief.data.synthesis import SynthesisError, synthesize
+    from deltabelief.data.synthesis import synthesize
 
     overrides = [f"data.source={args.source}"] if args.source else []
     overrides += [f"data.task={args.task}"] if args.task else []
@@ -121,11 +123,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     overrides += [f"data.num_games={args.games}"] if args.games is not None else []
     overrides += ["data.only_solved=true"] if args.only_solved else []
     config = _config(args, overrides)
-    try:
-        result = synthesize(config.data, config.game, Path(args.out))
-    except SynthesisError as err:  # an empty result or a foreign --out: one line, the folder left as it was
-        print(f"synth: {err}", file=sys.stderr)
-        return 1
+    result = synthesize(config.data, config.game, Path(args.out))  # a SynthesisError leaves the folder as it was
     for line in result.summary_lines():
         print(line)
     paths = [str(p) for p in (result.targets_path, result.trajectories_path, result.report_path) if p]
@@ -159,16 +157,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from deltabelief.training.rl import run_rl
-    from deltabelief.training.run_dir import RunDirError
 
     overrides = [f"estimator.name={args.estimator}"] if args.estimator else []
     overrides += [f"policy.model={args.model}"] if args.model else []
     config = _config(args, overrides)
     try:
         result = run_rl(config, args.targets, Path(args.out), resume=args.resume)
-    except RunDirError as err:  # another run's directory or checkpoint: one line, nothing written
-        print(f"train: {err}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt as err:
+        raise Interrupted(how_to_resume(Path(args.out), args.argv)) from err
     _done(f"trained model and checkpoints in {result.output_dir}")
     return 0
 
@@ -310,16 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an error the user can fix is one line on stderr and a non-zero exit
+    (deltabelief/user_errors.py), with the traceback above it under ``-v``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # to print the exact command again (e.g. with --resume after Ctrl-C)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return args.func(args)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    return run_command(f"deltabelief {args.command}", lambda: args.func(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -564,12 +564,25 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
+def _parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load``, with a syntax error reported as a ConfigError against ``where`` (a file or
+    an override) and its line, not against PyYAML's "<unicode string>"."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        raise ConfigError(f"{where}{at}: YAML syntax error: {problem}" + (f" ({context})" if context else "")) from err
+
+
 def parse_override(text: str) -> dict:
     """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``, the value parsed as YAML."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     dotted, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    value = _parse_yaml(raw, f"override {text!r}") if raw != "" else ""
     out: dict = value
     for part in reversed(dotted.strip().split(".")):
         out = {part: out}
@@ -594,7 +607,7 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple[s
     values: dict = {}
     if preset:
         path = resolve_preset(preset)
-        loaded = yaml.safe_load(path.read_text())
+        loaded = _parse_yaml(path.read_text(), str(path))
         if loaded is None:  # an empty file would silently mean "all defaults"
             raise ConfigError(f"{path}: the preset file is empty; write at least one section, e.g. 'train: {{num_steps: 5}}'")
         if not isinstance(loaded, dict):

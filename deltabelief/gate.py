@@ -15,6 +15,7 @@ brings that to about 3.5% with 16 targets, at almost no cost in power.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,15 +136,22 @@ def promotion_rate(
     return promoted / trials
 
 
-def main() -> None:
+def main() -> int:
     """``python -m deltabelief.gate``: the gate's promotion rates on simulated suites."""
     import argparse
+
+    from deltabelief.user_errors import run_command
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--level", type=float, default=0.95)
     parser.add_argument("--samples", type=int, default=4, help="games per target (eval.k)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args()
+    return run_command("deltabelief.gate", lambda: _print_rates(args), verbose=args.verbose)
+
+
+def _print_rates(args) -> int:
     print(f"level {args.level}, {args.samples} games per target, {args.trials} seeded trials per cell")
     print("targets  improvement  promoted")
     for num_targets in (4, 16, 64):
@@ -151,7 +159,8 @@ def main() -> None:
             rate = promotion_rate(improvement, trials=args.trials, num_targets=num_targets,
                                   samples=args.samples, level=args.level)
             print(f"{num_targets:7d}  {improvement:11.2f}  {rate:8.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

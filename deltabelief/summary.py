@@ -85,9 +85,15 @@ def lineage(versions, newest: str) -> list[str]:
     return chain[::-1]
 
 
-def main() -> int:
-    print(describe())
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from deltabelief.user_errors import run_command
+
+    parser = argparse.ArgumentParser(prog="python -m deltabelief.summary", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
+    args = parser.parse_args(argv)
+    return run_command("deltabelief.summary", lambda: print(describe()) or 0, verbose=args.verbose)
 
 
 if __name__ == "__main__":

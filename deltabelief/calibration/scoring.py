@@ -109,12 +109,12 @@ def _opening_length(messages: list[dict[str, str]], where: str) -> int:
 
 def read_games(path: str | Path) -> list[CalibrationGame]:
     """Every row of a ``trajectories.parquet`` as a :class:`CalibrationGame` (validated)."""
-    import pandas as pd
+    from deltabelief.data.files import DataFileError, read_parquet
 
-    frame = pd.read_parquet(path)
+    frame = read_parquet(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (columns: {list(frame.columns)})")
+        raise DataFileError(f"{path}: missing column(s) {missing} (columns: {list(frame.columns)})")
     return [_game_from_row(row, f"{path}: row {i} (id {row['id']!r})")
             for i, row in enumerate(frame.to_dict(orient="records"))]
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from deltabelief.config import REPO_ROOT
+from deltabelief.data.files import DataFileError, read_parquet
 from deltabelief.data.loaders import to_python
 from deltabelief.data.targets import normalize_target
 from deltabelief.games.base import SOLVED_STATUSES, STATUSES
@@ -336,14 +337,14 @@ def read_dataset(path: str | Path) -> pd.DataFrame:
     """A parquet, JSON-lines or CSV file as a DataFrame."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no dataset at {path}")
+        raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
+        return read_parquet(path)
     if path.suffix in (".jsonl", ".json"):
         return pd.read_json(path, lines=path.suffix == ".jsonl")
     if path.suffix == ".csv":
         return pd.read_csv(path)
-    raise ValueError(f"{path}: unsupported dataset format {path.suffix!r}; use .parquet, .jsonl, .json or .csv")
+    raise DataFileError(f"{path}: unsupported dataset format {path.suffix!r}; use .parquet, .jsonl, .json or .csv")
 
 
 def validate_frame(kind: str, df: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from deltabelief.data.files import read_utf8_text
 from deltabelief.games.base import Message
 
 SOURCE_KINDS = ("kb", "words", "reference", "paprika")
@@ -114,7 +115,7 @@ def load_kb_records(nouns: list[str] | None = None) -> list[SourceRecord]:
 def load_words(path: Path) -> list[SourceRecord]:
     """One target per line; blank lines and lines starting with '#' are not targets."""
     records = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8_text(path).splitlines(), start=1):
         text = line.strip()
         if text and not text.startswith("#"):
             records.append(SourceRecord(target=text, source_id=f"line {number}", extra={"source": "words"}))
@@ -182,7 +183,7 @@ def _reference_record(row: dict, where: str) -> SourceRecord:
 
 def load_reference(path: Path) -> list[SourceRecord]:
     """A reference-schema parquet file, or every ``*.parquet`` in a directory (sorted by name)."""
-    import pandas as pd
+    from deltabelief.data.files import read_parquet
 
     path = Path(path)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
@@ -190,7 +191,7 @@ def load_reference(path: Path) -> list[SourceRecord]:
         raise SourceFormatError(f"{path}: no .parquet files")
     records = []
     for file in files:
-        frame = pd.read_parquet(file)
+        frame = read_parquet(file)
         missing = [c for c in REFERENCE_COLUMNS if c not in frame.columns]
         if missing:
             raise SourceFormatError(f"{file}: missing reference column(s) {missing}; have {list(frame.columns)}")

@@ -189,9 +189,9 @@ def build_targets(data: DataConfig, game: GameConfig) -> TargetTable:
 
 def read_targets(path: str | Path, split: str | None = None) -> list[Target]:
     """``targets.parquet`` -> :class:`Target` objects (optionally one split only)."""
-    import pandas as pd
+    from deltabelief.data.files import read_parquet
 
-    frame = pd.read_parquet(path)
+    frame = read_parquet(path)
     if split is not None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")

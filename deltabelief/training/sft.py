@@ -113,12 +113,12 @@ def load_conversations(path: str | Path, split: str = "train", skip_rejected: bo
     file has one) is in ``REJECTED_STATUSES`` is marked ``"trained": False``: it stays in the
     context, without loss.
     """
-    import pandas as pd
+    from deltabelief.data.files import DataFileError, read_parquet
 
-    frame = pd.read_parquet(path)
+    frame = read_parquet(path)
     for column in ("messages",) + (("split",) if split else ()):
         if column not in frame.columns:
-            raise ValueError(f"{path}: no '{column}' column (columns: {list(frame.columns)})")
+            raise DataFileError(f"{path}: no '{column}' column (columns: {list(frame.columns)})")
     if split:
         frame = frame[frame["split"] == split]
         if frame.empty:
