@@ -51,7 +51,30 @@ def resolve_tracking_uri(config: TrackingConfig) -> str:
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    from deltabelief.tracking_store import ready_store
+
+    ready_store(uri)  # a new sqlite store gets its schema once, under a lock (concurrent first runs)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _already_exists(err: Exception) -> bool:
+    """An MLflow error (sqlite or REST) saying another writer created the thing first."""
+    return getattr(err, "error_code", None) == "RESOURCE_ALREADY_EXISTS"
+
+
+def _experiment_id(client, name: str) -> str:
+    """The experiment's id, creating it unless another process already did (or just does)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as err:
+        if not _already_exists(err):
+            raise
+    return client.get_experiment_by_name(name).experiment_id
 
 
 def git_commit() -> str:
@@ -85,8 +108,7 @@ class Tracker:
     ) -> "Tracker":
         uri = resolve_tracking_uri(config)
         client = _client(uri)
-        experiment = client.get_experiment_by_name(config.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
+        experiment_id = _experiment_id(client, config.experiment)
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -198,13 +220,14 @@ def register_model(
     uri: str, model_uri: str, name: str, tags: dict[str, str] | None = None, run_id: str | None = None
 ) -> str:
     """Register ``model_uri`` as a new version of ``name`` (made by ``run_id``) and give it 'challenger'."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(uri)
-    try:
-        client.get_registered_model(name)
-    except Exception as err:  # mlflow raises RestException/MlflowException for a missing model
-        if "RESOURCE_DOES_NOT_EXIST" not in str(err) and "not found" not in str(err).lower():
-            raise
+    try:  # create, not check-then-create: two pipelines registering the first version race on the check
         client.create_registered_model(name)
+    except MlflowException as err:
+        if not _already_exists(err):
+            raise
     if run_id is None and model_uri.startswith("runs:/"):
         run_id = model_uri.split("/")[1]
     # A logged model's URI (models:/m-<id>) must come with its id: a tracking server checks the pair.
