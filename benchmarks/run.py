@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import bench_belief, bench_contention, bench_judge, bench_rl_step, bench_rollout
+from benchmarks import bench_belief, bench_contention, bench_judge, bench_rl_step, bench_rollout, bench_serve_burst
 
 BENCHMARKS = {
     "rollout": bench_rollout.run,
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "rl_step": bench_rl_step.run,
     "contention": bench_contention.run,
     "judge": bench_judge.run,
+    "serve_burst": bench_serve_burst.run,
 }
 
 
