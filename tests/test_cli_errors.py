@@ -131,8 +131,9 @@ def test_ctrl_c_in_training_names_the_checkpoint_and_the_resume_command(tmp_path
     config = load_config("tiny", ["data.teacher=none"])
     targets = synthesize(config.data, config.game, tmp_path / "data").targets_path
     out = tmp_path / "run"
-    small = ["--set", "train.rollouts_per_target=4", "--set", "ppo.mini_batch_size=8",
-             "--set", "ppo.micro_batch_size=4", "--set", "train.checkpoint_every=1"]
+    small = [f"--set={key}" for key in ("train.targets_per_step=1", "train.rollouts_per_target=2",
+                                        "ppo.ppo_epochs=1", "ppo.mini_batch_size=2", "ppo.micro_batch_size=2",
+                                        "train.checkpoint_every=1")]  # 2 games a step
     argv = ["train", "--config", "tiny", "--targets", str(targets), "--out", str(out),
             "--set", "train.num_steps=1000", *small]
     process = subprocess.Popen(_cli(*argv), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
