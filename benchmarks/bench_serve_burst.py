@@ -2,7 +2,8 @@
 
 Starts the real command (``deltabelief serve --model tiny --port 0``, the random tiny Llama
 with SmolLM2's tokenizer, so the figures measure the server, not a model) in its own process,
-then sends ``clients`` chat requests at once (``max_tokens`` 1), ``rounds`` times. Reported per
+then sends ``clients`` chat requests at once (``max_tokens`` 1), ``rounds`` times, with the
+default ``--max-queue`` and with a queue as long as the burst. Reported per
 round and overall: connections reset or refused, HTTP status counts, p50/p99 latency of the
 answered requests, and the server's peak resident memory (``VmHWM`` from /proc).
 
@@ -27,9 +28,9 @@ CHAT = [{"role": "user", "content": "Is a cat alive?"}]
 RESETS = (ConnectionResetError, ConnectionRefusedError, ConnectionAbortedError, BrokenPipeError)
 
 
-def _start_server() -> tuple[subprocess.Popen, str, int]:
+def _start_server(flags: list[str]) -> tuple[subprocess.Popen, str, int]:
     """``deltabelief serve`` on a free loopback port; returns the process, host and port once it listens."""
-    command = [sys.executable, "-m", "deltabelief.cli", "serve", "--model", MODEL, "--port", "0"]
+    command = [sys.executable, "-m", "deltabelief.cli", "serve", "--model", MODEL, "--port", "0", *flags]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                cwd=Path(__file__).resolve().parent.parent)
     line = process.stdout.readline()  # "serving tiny at http://127.0.0.1:PORT/v1"
@@ -95,8 +96,9 @@ def _summary(results: list[tuple[str, float]]) -> dict:
     }
 
 
-def run(clients: int = 50, rounds: int = 3) -> dict:
-    process, host, port = _start_server()
+def burst_against(flags: list[str], clients: int, rounds: int) -> dict:
+    """``rounds`` bursts against one server started with ``flags``."""
+    process, host, port = _start_server(flags)
     try:
         idle_mb = _peak_rss_mb(process.pid)
         per_round, everything = [], []
@@ -109,14 +111,22 @@ def run(clients: int = 50, rounds: int = 3) -> dict:
         process.terminate()
         process.wait(timeout=60)
     return {
-        "command": f"deltabelief serve --model {MODEL} --port 0 (defaults: --max-queue 16, timeouts 120 s)",
-        "model": "tiny: a random tiny Llama with SmolLM2's tokenizer (deltabelief.policy.loading.tiny_causal_lm)",
-        "clients_per_burst": clients,
+        "command": " ".join(["deltabelief serve --model", MODEL, "--port 0", *flags]),
         "rounds": per_round,
         "overall": _summary(everything),
         "server_peak_rss_mb_before_bursts": round(idle_mb, 1),
         "server_peak_rss_mb": round(peak_mb, 1),
+    }
+
+
+def run(clients: int = 50, rounds: int = 3) -> dict:
+    """The defaults (a queue of 16: the rest get an honest 503 at once) and a queue that holds the whole burst."""
+    return {
+        "model": "tiny: a random tiny Llama with SmolLM2's tokenizer (deltabelief.policy.loading.tiny_causal_lm)",
+        "clients_per_burst": clients,
         "cpu_count": os.cpu_count(),
+        "default_queue": burst_against([], clients, rounds),
+        "queue_holds_the_burst": burst_against(["--max-queue", str(clients)], clients, rounds),
     }
 
 
