@@ -143,7 +143,8 @@ def rollout_with_stats(
     ``max_turns`` overrides the game's budget; ``eval_mode`` uses the eval sampling settings;
     ``batch_size`` overrides ``policy.config.batch_size`` for the forward batches. With
     ``policy.config.keep_kv_cache`` each game's KV cache is kept between rounds, so a round
-    only runs the tokens added since (the end of the last move and the observation).
+    only runs the tokens added since (the end of the last move and the observation); with
+    ``policy.config.sampler: fast`` all of them live in one session (fast_sampling.py).
     """
     if n_per_target < 1:
         raise ValueError(f"n_per_target must be at least 1, got {n_per_target}")
@@ -152,14 +153,19 @@ def rollout_with_stats(
     games = _start_games(policy, game, targets, n_per_target, seed)
     sample_seconds = judge_seconds = 0.0
     rounds, keep_cache = 0, policy.config.keep_kv_cache
+    session = policy.decode_session(eval_mode=eval_mode, batch_size=batch_size)
     bar = tqdm(total=game.max_turns, desc="rollout", unit="round", disable=not progress)
     while running := [g for g in games if not g.state.done]:
         tick = time.perf_counter()
-        samples = policy.sample(
-            [g.trajectory.input_ids for g in running], generator=[g.generator for g in running], eval_mode=eval_mode,
-            batch_size=batch_size, prefixes=[g.cache for g in running] if keep_cache else None,
-            keep_cache=keep_cache,
-        )
+        if session is not None:
+            samples = session.sample([id(g) for g in running], [g.trajectory.input_ids for g in running],
+                                     [g.generator for g in running])
+        else:
+            samples = policy.sample(
+                [g.trajectory.input_ids for g in running], generator=[g.generator for g in running],
+                eval_mode=eval_mode, batch_size=batch_size, keep_cache=keep_cache,
+                prefixes=[g.cache for g in running] if keep_cache else None,
+            )
         tock = time.perf_counter()
         results = play_moves(game, judge, [g.state for g in running], [s.text for s in samples])
         judge_seconds += time.perf_counter() - tock
