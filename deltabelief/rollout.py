@@ -48,6 +48,11 @@ class RolloutStats:
     """Moves sampled, summed over games."""
     policy_tokens: int
     """Tokens the policy sampled (after the cut; eos not counted)."""
+    conversation_tokens: int
+    """Tokens of all trajectories (prompts, moves, observations)."""
+    prefill_tokens: int
+    """Tokens the policy must run that it did not sample: each distinct prompt once and every
+    observation but the last one of a game (the roofline's prefill work; benchmarks/roofline.py)."""
     sample_seconds: float
     """Wall time inside policy sampling."""
     judge_seconds: float
@@ -67,6 +72,8 @@ class RolloutStats:
             "perf/rollout_tokens_per_s": self.tokens_per_second,
             "rollout/policy_tokens": float(self.policy_tokens),
             "rollout/num_policy_turns": float(self.num_policy_turns),
+            "rollout/conversation_tokens": float(self.conversation_tokens),
+            "rollout/prefill_tokens": float(self.prefill_tokens),
         }
 
 
@@ -133,6 +140,14 @@ def _record_turn(policy: Policy, running: _Game, sample: Sample, result: StepRes
     trajectory.messages.append({"role": "user", "content": result.text})
 
 
+def prefill_tokens(trajectories: list[Trajectory]) -> int:
+    """Each distinct prompt once, plus every game's tokens from its prompt to its last move's end
+    (sampled tokens included: the caller subtracts them)."""
+    prompts = {tuple(t.input_ids[: t.prompt_length]) for t in trajectories}
+    ends = sum((t.turns[-1].span[1] if t.turns else t.prompt_length) - t.prompt_length for t in trajectories)
+    return sum(map(len, prompts)) + ends
+
+
 def rollout_with_stats(
     policy: Policy, game: Game, judge: Judge, targets: list[Target], n_per_target: int,
     max_turns: int | None = None, seed: int = 0, *, eval_mode: bool = False,
@@ -181,9 +196,11 @@ def rollout_with_stats(
     for g in games:
         g.trajectory.solved = g.state.solved
         trajectories.append(g.trajectory)
+    policy_tokens = sum(len(turn.token_ids) for t in trajectories for turn in t.turns)
     stats = RolloutStats(
         num_games=len(games), num_rounds=rounds, num_policy_turns=sum(t.num_turns for t in trajectories),
-        policy_tokens=sum(len(turn.token_ids) for t in trajectories for turn in t.turns),
+        policy_tokens=policy_tokens, conversation_tokens=sum(len(t.input_ids) for t in trajectories),
+        prefill_tokens=prefill_tokens(trajectories) - policy_tokens,
         sample_seconds=sample_seconds, judge_seconds=judge_seconds, total_seconds=time.perf_counter() - began,
     )
     log.info(
