@@ -41,9 +41,11 @@ def _one_step(preset: str, overrides: list[str], targets: list[Target]) -> dict[
     return metrics
 
 
-def _median(values: list[float | None]) -> float | None:
+def _median(values: list[float | None], digits: int | None = 4) -> float | None:
     values = [v for v in values if v is not None]
-    return round(statistics.median(values), 4) if values else None
+    if not values:
+        return None
+    return round(statistics.median(values), digits) if digits is not None else statistics.median(values)
 
 
 def run(preset: str = "cpu", num_targets: int = 16, max_turns: int = 10, repeats: int = 1,
@@ -72,8 +74,9 @@ def run(preset: str = "cpu", num_targets: int = 16, max_turns: int = 10, repeats
         summary = {"median_step_seconds": _median([m["perf/seconds_step"] for m in steps])}
         summary.update({f"share_{stage}": round(share, 4) for stage, share in stage_shares(steps).items()})
         summary.update({key: _median([line[key] for line in lines]) for key in lines[0]})
-        summary["old_logprob_gap_mean"] = _median([m.get("loss/old_logprob_gap") for m in steps])
-        summary["old_logprob_gap_max"] = _median([m.get("loss/old_logprob_gap_max") for m in steps])
+        # What exactness costs: |sampler log-prob - recomputed log π_old| (recompute variants only).
+        summary["old_logprob_gap_mean"] = _median([m.get("loss/old_logprob_gap") for m in steps], None)
+        summary["old_logprob_gap_max"] = _median([m.get("loss/old_logprob_gap_max") for m in steps], None)
         summary["ratio_mean"] = _median([m.get("loss/ratio_mean") for m in steps])
         summary["ratio_max"] = _median([m.get("loss/ratio_max") for m in steps])
         result["variants"][name] = summary

@@ -90,6 +90,8 @@ def step_roofline(metrics: dict[str, float], sizes: dict, gflops: float, gbps: f
         "decode_floor_tokens_per_s": decode_tps,
         "rollout_vs_decode_floor": policy / metrics["perf/seconds_rollout"] / decode_tps,
     }
+    if "loss/old_logprob_gap" not in metrics:  # ppo.old_logprobs: sampling runs no such forward
+        del stages["old_logprobs"]
     for stage, (seconds, floor) in stages.items():
         out[f"{stage}_seconds"] = seconds
         out[f"{stage}_floor_seconds"] = floor
