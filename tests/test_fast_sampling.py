@@ -125,6 +125,19 @@ def test_decoder_equals_the_transformers_forward_for_uneven_rows_and_after_a_wei
     assert torch.allclose(logits[0], reference(conversations[2]), atol=1e-4)
 
 
+def test_each_rollout_packs_the_current_weights_even_after_a_fused_optimizer_step():
+    model, tokenizer = question_biased_tiny(seed=4)
+    fast = Policy(model, tokenizer, PolicyConfig(model="tiny", max_new_tokens=12, sampler="fast"))
+    legacy = Policy(model, tokenizer, dataclasses.replace(fast.config, sampler="legacy"))
+    fast.decode_session()  # packs the initial weights
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)  # bumps no tensor version
+    model(input_ids=torch.tensor([[1, 4093, 198]])).logits.sum().backward()
+    optimizer.step()
+    runs = [rollout(p, TwentyQuestions(max_turns=2), ParityJudge(), TARGETS, 2, seed=0, progress=False)
+            for p in (fast, legacy)]
+    assert_same_rollouts(*runs)
+
+
 def test_slab_rows_swap_keep_and_grow():
     slab = KVSlab(num_layers=1, kv_heads=1, head_dim=2, dtype=torch.float32, device="cpu")
     slab.add_rows(3)

@@ -14,7 +14,9 @@ what its weights and FLOPs cost:
   (no repeat of the KV heads) and a boolean mask built once per forward.
 
 Results equal the transformers forward up to float rounding (~1e-6 relative). The packed
-weights are rebuilt when the model's parameters change (optimizer steps, a loaded checkpoint).
+weights are a snapshot: :meth:`FastDecoder.refresh` rebuilds them, and the policy calls it at
+the start of every rollout (~0.5 s for SmolLM2). Tensor version counters cannot tell when to:
+the fused AdamW kernel updates weights without bumping them.
 """
 
 from __future__ import annotations
@@ -68,24 +70,16 @@ class FastDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.query_heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.groups = self.query_heads // self.kv_heads
-        self._fingerprint = None
         self.refresh()
-
-    def _weights_fingerprint(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Re-pack the weights if the model's parameters changed since the last pack."""
-        fingerprint = self._weights_fingerprint()
-        if fingerprint == self._fingerprint:
-            return
+        """Pack the model's current weights (call after they may have changed)."""
         decoder = self.model.get_decoder()
         self.embed, self.norm, self.rotary = decoder.embed_tokens, decoder.norm, decoder.rotary_emb
         self.layers = [_Layer(layer, self.rows_hint) for layer in decoder.layers]
         head = self.model.get_output_embeddings()
         self.head = PackedLinear(head.weight, head.bias, self.rows_hint)
-        self._fingerprint = fingerprint
 
     def new_slab(self) -> KVSlab:
         weight = self.model.get_output_embeddings().weight

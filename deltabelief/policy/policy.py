@@ -118,7 +118,8 @@ class Policy:
         size = batch_size or self.config.batch_size
         if self._decoder is None or self._decoder.model is not self.model:
             self._decoder = FastDecoder(self.model, rows_hint=min(size, 16))
-        self._decoder.refresh()
+        else:
+            self._decoder.refresh()  # the weights may have changed since the last rollout
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         return DecodeSession(self._decoder, self.tokenizer, self.sampling_params(eval_mode), self.stop_tokens(),
                              size, pad_id)
