@@ -68,6 +68,11 @@ class PolicyConfig:
     keep_kv_cache: bool = True
     """Rollouts keep each game's KV cache between turns, so a turn only runs its new tokens
     (same samples up to float rounding; memory grows with games x conversation length)."""
+    sampler: Literal["fast", "legacy"] = "fast"
+    """Rollout sampler: 'fast' keeps a rollout's KV in one preallocated slab, shares the opening
+    prompt's KV and runs Llama/Qwen models through deltabelief/policy/fast_decoder.py (same draws
+    and log-probs up to float rounding); 'legacy' uses transformers' forward with a per-round
+    cache. Models 'fast' cannot run (LoRA, other architectures) and keep_kv_cache=false use 'legacy'."""
     num_threads: int = 0
     """torch CPU threads (0: every core this process may use)."""
     adapt_threads: bool = False

@@ -48,6 +48,11 @@ class RolloutStats:
     """Moves sampled, summed over games."""
     policy_tokens: int
     """Tokens the policy sampled (after the cut; eos not counted)."""
+    conversation_tokens: int
+    """Tokens of all trajectories (prompts, moves, observations)."""
+    prefill_tokens: int
+    """Tokens the policy must run that it did not sample: each distinct prompt once and every
+    observation but the last one of a game (the roofline's prefill work; benchmarks/roofline.py)."""
     sample_seconds: float
     """Wall time inside policy sampling."""
     judge_seconds: float
@@ -67,6 +72,8 @@ class RolloutStats:
             "perf/rollout_tokens_per_s": self.tokens_per_second,
             "rollout/policy_tokens": float(self.policy_tokens),
             "rollout/num_policy_turns": float(self.num_policy_turns),
+            "rollout/conversation_tokens": float(self.conversation_tokens),
+            "rollout/prefill_tokens": float(self.prefill_tokens),
         }
 
 
@@ -133,6 +140,14 @@ def _record_turn(policy: Policy, running: _Game, sample: Sample, result: StepRes
     trajectory.messages.append({"role": "user", "content": result.text})
 
 
+def prefill_tokens(trajectories: list[Trajectory]) -> int:
+    """Each distinct prompt once, plus every game's tokens from its prompt to its last move's end
+    (sampled tokens included: the caller subtracts them)."""
+    prompts = {tuple(t.input_ids[: t.prompt_length]) for t in trajectories}
+    ends = sum((t.turns[-1].span[1] if t.turns else t.prompt_length) - t.prompt_length for t in trajectories)
+    return sum(map(len, prompts)) + ends
+
+
 def rollout_with_stats(
     policy: Policy, game: Game, judge: Judge, targets: list[Target], n_per_target: int,
     max_turns: int | None = None, seed: int = 0, *, eval_mode: bool = False,
@@ -143,7 +158,8 @@ def rollout_with_stats(
     ``max_turns`` overrides the game's budget; ``eval_mode`` uses the eval sampling settings;
     ``batch_size`` overrides ``policy.config.batch_size`` for the forward batches. With
     ``policy.config.keep_kv_cache`` each game's KV cache is kept between rounds, so a round
-    only runs the tokens added since (the end of the last move and the observation).
+    only runs the tokens added since (the end of the last move and the observation); with
+    ``policy.config.sampler: fast`` all of them live in one session (fast_sampling.py).
     """
     if n_per_target < 1:
         raise ValueError(f"n_per_target must be at least 1, got {n_per_target}")
@@ -152,14 +168,19 @@ def rollout_with_stats(
     games = _start_games(policy, game, targets, n_per_target, seed)
     sample_seconds = judge_seconds = 0.0
     rounds, keep_cache = 0, policy.config.keep_kv_cache
+    session = policy.decode_session(eval_mode=eval_mode, batch_size=batch_size)
     bar = tqdm(total=game.max_turns, desc="rollout", unit="round", disable=not progress)
     while running := [g for g in games if not g.state.done]:
         tick = time.perf_counter()
-        samples = policy.sample(
-            [g.trajectory.input_ids for g in running], generator=[g.generator for g in running], eval_mode=eval_mode,
-            batch_size=batch_size, prefixes=[g.cache for g in running] if keep_cache else None,
-            keep_cache=keep_cache,
-        )
+        if session is not None:
+            samples = session.sample([id(g) for g in running], [g.trajectory.input_ids for g in running],
+                                     [g.generator for g in running])
+        else:
+            samples = policy.sample(
+                [g.trajectory.input_ids for g in running], generator=[g.generator for g in running],
+                eval_mode=eval_mode, batch_size=batch_size, keep_cache=keep_cache,
+                prefixes=[g.cache for g in running] if keep_cache else None,
+            )
         tock = time.perf_counter()
         results = play_moves(game, judge, [g.state for g in running], [s.text for s in samples])
         judge_seconds += time.perf_counter() - tock
@@ -175,9 +196,11 @@ def rollout_with_stats(
     for g in games:
         g.trajectory.solved = g.state.solved
         trajectories.append(g.trajectory)
+    policy_tokens = sum(len(turn.token_ids) for t in trajectories for turn in t.turns)
     stats = RolloutStats(
         num_games=len(games), num_rounds=rounds, num_policy_turns=sum(t.num_turns for t in trajectories),
-        policy_tokens=sum(len(turn.token_ids) for t in trajectories for turn in t.turns),
+        policy_tokens=policy_tokens, conversation_tokens=sum(len(t.input_ids) for t in trajectories),
+        prefill_tokens=prefill_tokens(trajectories) - policy_tokens,
         sample_seconds=sample_seconds, judge_seconds=judge_seconds, total_seconds=time.perf_counter() - began,
     )
     log.info(

@@ -9,6 +9,8 @@ import torch
 
 from deltabelief.config import PolicyConfig
 from deltabelief.policy.chat import end_of_turn_ids
+from deltabelief.policy.fast_decoder import FastDecoder, unsupported_reason
+from deltabelief.policy.fast_sampling import DecodeSession
 from deltabelief.policy.loading import load_causal_lm
 from deltabelief.policy.lora import apply_lora, merged_copy
 from deltabelief.policy.sampling import Generators, PrefixCache, Sample, SamplingParams, StopTokens, sample_batch
@@ -44,6 +46,8 @@ class Policy:
         self.tokenizer = tokenizer
         self.config = config
         self._stops: StopTokens | None = None
+        self._decoder: FastDecoder | None = None
+        self._fast_refused: str | None = None
 
     @classmethod
     def from_config(cls, config: PolicyConfig, seed: int = 0) -> "Policy":
@@ -98,6 +102,27 @@ class Policy:
                 )
             )
         return samples
+
+    def decode_session(self, *, eval_mode: bool = False, batch_size: int | None = None) -> DecodeSession | None:
+        """A fast-sampler session for one rollout (fast_sampling.py), or None when the legacy
+        sampler is to run: ``policy.sampler: legacy``, ``keep_kv_cache: false`` or a model the
+        fast decoder cannot run (said once in the log)."""
+        if self.config.sampler == "legacy" or not self.config.keep_kv_cache:
+            return None
+        reason = unsupported_reason(self.model)
+        if reason is not None:
+            if reason != self._fast_refused:
+                log.info("policy.sampler=fast falls back to the legacy sampler: %s", reason)
+                self._fast_refused = reason
+            return None
+        size = batch_size or self.config.batch_size
+        if self._decoder is None or self._decoder.model is not self.model:
+            self._decoder = FastDecoder(self.model, rows_hint=min(size, 16))
+        else:
+            self._decoder.refresh()  # the weights may have changed since the last rollout
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        return DecodeSession(self._decoder, self.tokenizer, self.sampling_params(eval_mode), self.stop_tokens(),
+                             size, pad_id)
 
     def save(self, directory: str | Path) -> Path:
         """Write merged weights, tokenizer and chat template so ``from_pretrained(directory)`` loads them."""

@@ -108,6 +108,10 @@ class RemotePolicy:
                                                 clean_up_tokenization_spaces=False)
         return samples
 
+    def decode_session(self, *, eval_mode: bool = False, batch_size: int | None = None) -> None:
+        """No local fast sampler: rollouts call :meth:`sample` (the server keeps its own cache)."""
+        return None
+
     def chat(self, conversations: list[list[dict[str, str]]], temperature: float, max_tokens: int,
              seed: int) -> list[str]:
         """The assistant's reply to each conversation (rated suites' final answers)."""

@@ -110,12 +110,15 @@ def advantage_metrics(turn_adv: torch.Tensor, turn_mask: torch.Tensor) -> dict[s
 
 
 def loss_metrics(stats: Sequence[PPOStats], grad_norms: Sequence[float], lr: float,
-                 old_logprob_gap: float | None = None) -> dict[str, float]:
+                 old_logprob_gap: float | None = None, old_logprob_gap_max: float | None = None) -> dict[str, float]:
     """Token-weighted means of the micro-batch :class:`PPOStats` of one RL step.
 
-    ``old_logprob_gap``: mean |recorded sampling log-prob − recomputed log π_old| (None: not measured).
+    ``old_logprob_gap``/``old_logprob_gap_max``: mean/max |recorded sampling log-prob − recomputed
+    log π_old| over the policy tokens (None: not measured).
     """
     gap = {} if old_logprob_gap is None else {"loss/old_logprob_gap": old_logprob_gap}
+    if old_logprob_gap_max is not None:
+        gap["loss/old_logprob_gap_max"] = old_logprob_gap_max
     if not stats:
         return {"loss/lr": lr, **gap}
     weights = torch.stack([s.num_tokens for s in stats]).float()  # [M] tokens per micro-batch

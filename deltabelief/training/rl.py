@@ -310,7 +310,7 @@ class RLTrainer:
         info = M.information_metrics(trajectories, kb) if kb is not None else {}
         return {
             **M.rollout_metrics(trajectories), **score_metrics, **rollout_stats.metrics(), **info,
-            **M.loss_metrics(stats, grad_norms, self.scheduler.get_last_lr()[0], old_gap),
+            **M.loss_metrics(stats, grad_norms, self.scheduler.get_last_lr()[0], *(old_gap or (None, None))),
             **M.perf_metrics(seconds, rollout_stats.policy_tokens, trained), "perf/threads": float(threads),
         }
 
@@ -362,9 +362,9 @@ class RLTrainer:
         return token_logprobs(self.policy.model, tensors["input_ids"], tensors["attention_mask"],
                               tensors["response_mask"], temperature=self.config.policy.temperature)
 
-    def prepare_old_logprobs(self, batch: Batch) -> float | None:
+    def prepare_old_logprobs(self, batch: Batch) -> tuple[float, float] | None:
         """With ``ppo.old_logprobs: recompute``, replace ``batch.old_logprobs`` by the rollout policy's
-        scores of the sampled tokens and return mean |recorded − recomputed| (None otherwise)."""
+        scores of the sampled tokens and return the mean and max |recorded − recomputed| (None otherwise)."""
         if self.config.ppo.old_logprobs == "sampling":
             return None
         model, size = self.policy.model, self.config.ppo.micro_batch_size
@@ -380,7 +380,7 @@ class RLTrainer:
         gaps = [abs(a - b) for rec, old, m in zip(recomputed, batch.old_logprobs, batch.response_mask)
                 for a, b, keep in zip(rec, old, m) if keep]
         batch.old_logprobs = recomputed
-        return float(np.mean(gaps)) if gaps else 0.0
+        return (float(np.mean(gaps)), float(np.max(gaps))) if gaps else (0.0, 0.0)
 
     @property
     def _pad_id(self) -> int:
