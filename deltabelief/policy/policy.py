@@ -50,9 +50,10 @@ class Policy:
         self._fast_refused: str | None = None
 
     @classmethod
-    def from_config(cls, config: PolicyConfig, seed: int = 0) -> "Policy":
-        """Load ``config.model`` (seed only matters for the random 'tiny' model) and apply LoRA if enabled."""
-        model, tokenizer = load_causal_lm(config.model, config.dtype, seed)
+    def from_config(cls, config: PolicyConfig, seed: int = 0, device: torch.device | None = None) -> "Policy":
+        """Load ``config.model`` onto ``device`` (default: ``config.device``) and apply LoRA if enabled
+        (the adapters are made on the model's device). ``seed`` only matters for the random 'tiny' model."""
+        model, tokenizer = load_causal_lm(config.model, config.dtype, seed, device or config.device)
         return cls(apply_lora(model, config.lora), tokenizer, config)
 
     @property

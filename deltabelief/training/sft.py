@@ -17,6 +17,11 @@ With ``sft.packing: prefix_tree`` the conversations are sorted by their tokens, 
 ``batch_size`` neighbours in that order (cut at a random offset each epoch, batches in a
 shuffled order), and a batch's conversations share their common prefixes in packed rows
 (:mod:`deltabelief.training.prefix_tree`): the same loss, a fraction of the tokens.
+
+On several devices (:mod:`deltabelief.training.sft_distributed`, launched by ``torchrun``) every
+rank draws the same batches, trains on its shard of each (:class:`DataParallel`), divides by the
+trained tokens of the whole batch (summed over ranks) and sums gradients over ranks: the step
+the single process takes on the same batch. Rank 0 alone writes the model and the summary.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from tqdm.auto import tqdm
 from deltabelief.config import Config, OptimConfig, SFTConfig
 from deltabelief.policy.chat import ChatTemplateError, encode, render
 from deltabelief.threads import ThreadFitter
+from deltabelief.training.data_parallel import DataParallel
 from deltabelief.training.logprobs import right_pad, token_logprobs
 from deltabelief.training.optim import build_optimizer
 from deltabelief.training.prefix_tree import collate_rows, pack_prefix_trees, tree_nll_sum
@@ -145,9 +151,9 @@ def _micro_batches(examples: list[SFTExample], size: int) -> list[list[SFTExampl
     return [examples[i : i + size] for i in range(0, len(examples), size)]
 
 
-def _batch_loss(model, batch: list[SFTExample], micro_size: int, pad_id: int) -> float:
-    """Backward of the token-mean loss over ``batch`` in micro-batches; returns the loss value."""
-    total = sum(sum(e.loss_mask) for e in batch)
+def _batch_loss(model, batch: list[SFTExample], micro_size: int, pad_id: int, total: float) -> float:
+    """Backward of ``batch``'s share of a token mean over ``total`` trained tokens, in micro-batches;
+    returns that share of the loss."""
     value = 0.0
     for micro in _micro_batches(batch, micro_size):
         ids, attention = right_pad([e.input_ids for e in micro], pad_id)  # [B, L]
@@ -159,9 +165,8 @@ def _batch_loss(model, batch: list[SFTExample], micro_size: int, pad_id: int) ->
     return value
 
 
-def _tree_batch_loss(model, batch: list[SFTExample], max_row_tokens: int, pad_id: int) -> float:
-    """Backward of the token-mean loss over ``batch``, one packed prefix-tree row per forward."""
-    total = sum(sum(e.loss_mask) for e in batch)
+def _tree_batch_loss(model, batch: list[SFTExample], max_row_tokens: int, pad_id: int, total: float) -> float:
+    """As :func:`_batch_loss`, one packed prefix-tree row per forward."""
     dtype = model.get_input_embeddings().weight.dtype
     value = 0.0
     for row in pack_prefix_trees([(e.input_ids, e.loss_mask) for e in batch], max_row_tokens):
@@ -196,8 +201,14 @@ def train_sft(
     log_fn: Callable[[dict, int], None] | None = None,
     num_threads: int = 0,
     adapt_threads: bool = False,
+    parallel: DataParallel | None = None,
 ) -> SFTResult:
-    """Fine-tune ``model`` in place on the assistant tokens of ``conversations``."""
+    """Fine-tune ``model`` in place on the assistant tokens of ``conversations``.
+
+    With ``parallel`` (several ranks), every rank passes the same conversations and a model on
+    its own device; ``log_fn`` and the progress bar act on rank 0 only.
+    """
+    parallel = parallel or DataParallel()
     examples = [build_example(tokenizer, c, sft.max_length, f"conversation {i}") for i, c in enumerate(conversations)]
     examples = [e for e in examples if sum(e.loss_mask) > 0]
     if not examples:
@@ -210,25 +221,33 @@ def train_sft(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     micro = sft.micro_batch_size or sft.batch_size
     epochs = [_epoch_batches(examples, sft, epoch) for epoch in range(sft.epochs)]
-    result = SFTResult(None, num_examples=len(examples), num_truncated=num_truncated,
-                       num_trained_tokens=sum(sum(e.loss_mask) for e in examples))
+    num_trained = sum(sum(e.loss_mask) for e in examples)
+    parallel.require_same("the number of SFT examples", len(examples))  # else ranks draw different batches
+    parallel.require_same("the number of trained tokens", num_trained)
+    parallel.broadcast_parameters(model)
+    result = SFTResult(None, num_examples=len(examples), num_truncated=num_truncated, num_trained_tokens=num_trained)
     model.train()
     threads = ThreadFitter(num_threads, adapt=adapt_threads)
-    bar = tqdm(total=sum(len(batches) for batches in epochs), desc="sft", disable=not progress)
+    bar = tqdm(total=sum(len(batches) for batches in epochs), desc="sft", disable=not (progress and parallel.is_main))
     for epoch, batches in enumerate(epochs):
         for batch in batches:
             threads.fit()
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
+            shard = parallel.shard(batch)
+            # ranks hold different numbers of trained tokens: divide by the whole batch's count
+            (total,) = parallel.sum([sum(sum(e.loss_mask) for e in shard)])
             if sft.packing == "prefix_tree":
-                loss = _tree_batch_loss(model, batch, sft.max_row_tokens, pad_id)
+                loss = _tree_batch_loss(model, shard, sft.max_row_tokens, pad_id, total)
             else:
-                loss = _batch_loss(model, batch, micro, pad_id)
+                loss = _batch_loss(model, shard, micro, pad_id, total)
+            parallel.sum_gradients(params)
+            (loss,) = parallel.sum([loss])
             grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
             optimizer.step()
             result.losses.append(loss)
             step = len(result.losses)
-            if log_fn is not None:
+            if log_fn is not None and parallel.is_main:
                 log_fn({"loss/sft": loss, "loss/grad_norm": float(grad_norm), "perf/seconds_step":
                         time.perf_counter() - started, "sft/epoch": float(epoch)}, step)
             bar.update(1)
@@ -239,25 +258,29 @@ def train_sft(
 
 
 def warm_start(config: Config, trajectories: str | Path, out_dir: str | Path, *, progress: bool = True,
-               log_fn: Callable[[dict, int], None] | None = None) -> Path:
+               log_fn: Callable[[dict, int], None] | None = None, parallel: DataParallel | None = None) -> Path:
     """Load ``config.policy``, fine-tune it on the teacher conversations, save to ``out_dir/model``.
 
     With ``sft.enabled: false`` the starting model is saved unchanged. Returns the model directory.
+    With ``parallel``, the model goes on the rank's device and rank 0 alone writes ``out_dir``.
     """
     from deltabelief.policy.policy import Policy
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.sft.seed)
-    policy = Policy.from_config(config.policy, seed=config.sft.seed)
+    policy = Policy.from_config(config.policy, seed=config.sft.seed, device=parallel.device if parallel else None)
+    parallel = parallel or DataParallel()
     result = SFTResult(None)
     if config.sft.enabled:
         conversations = load_conversations(trajectories, config.sft.split, config.sft.skip_rejected_moves)
         result = train_sft(policy.model, policy.tokenizer, conversations, config.sft, config.optim,
                            progress=progress, log_fn=log_fn, num_threads=config.policy.num_threads,
-                           adapt_threads=config.policy.adapt_threads)
+                           adapt_threads=config.policy.adapt_threads, parallel=parallel)
     else:
         log.info("sft.enabled is false: saving %s unchanged", config.policy.model)
+    if not parallel.is_main:
+        return out_dir / "model"
+    out_dir.mkdir(parents=True, exist_ok=True)
     result.model_dir = policy.save(out_dir / "model")
     summary = {k: v for k, v in vars(result).items() if k != "model_dir"} | {"model_dir": str(result.model_dir)}
     (out_dir / "sft_result.json").write_text(json.dumps(summary, indent=1))
