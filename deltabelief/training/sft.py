@@ -151,9 +151,14 @@ def _micro_batches(examples: list[SFTExample], size: int) -> list[list[SFTExampl
     return [examples[i : i + size] for i in range(0, len(examples), size)]
 
 
-def _batch_loss(model, batch: list[SFTExample], micro_size: int, pad_id: int, total: float) -> float:
-    """Backward of ``batch``'s share of a token mean over ``total`` trained tokens, in micro-batches;
-    returns that share of the loss."""
+def _trained_tokens(batch: list[SFTExample]) -> int:
+    return sum(sum(e.loss_mask) for e in batch)
+
+
+def _batch_loss(model, batch: list[SFTExample], micro_size: int, pad_id: int, total: float | None = None) -> float:
+    """Backward of ``batch``'s share of a token mean over ``total`` trained tokens (default: the
+    batch's own), in micro-batches; returns that share of the loss."""
+    total = _trained_tokens(batch) if total is None else total
     value = 0.0
     for micro in _micro_batches(batch, micro_size):
         ids, attention = right_pad([e.input_ids for e in micro], pad_id)  # [B, L]
@@ -165,8 +170,10 @@ def _batch_loss(model, batch: list[SFTExample], micro_size: int, pad_id: int, to
     return value
 
 
-def _tree_batch_loss(model, batch: list[SFTExample], max_row_tokens: int, pad_id: int, total: float) -> float:
+def _tree_batch_loss(model, batch: list[SFTExample], max_row_tokens: int, pad_id: int,
+                     total: float | None = None) -> float:
     """As :func:`_batch_loss`, one packed prefix-tree row per forward."""
+    total = _trained_tokens(batch) if total is None else total
     dtype = model.get_input_embeddings().weight.dtype
     value = 0.0
     for row in pack_prefix_trees([(e.input_ids, e.loss_mask) for e in batch], max_row_tokens):
@@ -221,7 +228,7 @@ def train_sft(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     micro = sft.micro_batch_size or sft.batch_size
     epochs = [_epoch_batches(examples, sft, epoch) for epoch in range(sft.epochs)]
-    num_trained = sum(sum(e.loss_mask) for e in examples)
+    num_trained = _trained_tokens(examples)
     parallel.require_same("the number of SFT examples", len(examples))  # else ranks draw different batches
     parallel.require_same("the number of trained tokens", num_trained)
     parallel.broadcast_parameters(model)
@@ -236,7 +243,7 @@ def train_sft(
             optimizer.zero_grad(set_to_none=True)
             shard = parallel.shard(batch)
             # ranks hold different numbers of trained tokens: divide by the whole batch's count
-            (total,) = parallel.sum([sum(sum(e.loss_mask) for e in shard)])
+            (total,) = parallel.sum([_trained_tokens(shard)])
             if sft.packing == "prefix_tree":
                 loss = _tree_batch_loss(model, shard, sft.max_row_tokens, pad_id, total)
             else:
