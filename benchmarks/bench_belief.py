@@ -44,10 +44,10 @@ from verl.protocol import DataProto
 from deltabelief.belief import build_elicitation, score_beliefs, score_beliefs_per_prefix, turn_ends
 from deltabelief.integrations.verl.belief import score_beliefs as score_beliefs_verl
 from deltabelief.integrations.verl.packed_belief import layout_tokens, score_beliefs_packed, score_payload
-from deltabelief.games.base import Target
 from deltabelief.policy.chat import encode, observation_ids, prompt_ids
 from deltabelief.policy.loading import load_causal_lm
 from deltabelief.trajectory import PolicyTurn, Trajectory
+from deltabelief.types import Target
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ import time
 from aiohttp import web
 
 from deltabelief.config import JudgeConfig
-from deltabelief.games.base import Target
 from deltabelief.judges.async_client import AsyncOpenAIJudge
-from deltabelief.judges.base import JudgeRequest
+from deltabelief.types import JudgeRequest, Target
 
 LATENCY_S = 0.02
 GAMES = 64

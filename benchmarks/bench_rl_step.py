@@ -21,10 +21,10 @@ import torch
 from benchmarks.roofline import matmul_gflops, model_sizes, step_roofline, weight_read_gbps
 from deltabelief.config import load_config
 from deltabelief.data.knowledge_base import load_kb
-from deltabelief.games.base import Target
 from deltabelief.policy.loading import load_causal_lm
 from deltabelief.training.metrics import stage_shares
 from deltabelief.training.rl import run_rl
+from deltabelief.types import Target
 
 VARIANTS = {
     "legacy": ["policy.sampler=legacy"],

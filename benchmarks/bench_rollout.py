@@ -19,11 +19,10 @@ import time
 import torch
 
 from deltabelief.config import PolicyConfig
-from deltabelief.games.base import Target
 from deltabelief.games.twenty_questions import TwentyQuestions
-from deltabelief.judges.base import JudgeReply, JudgeRequest
 from deltabelief.policy.policy import Policy
 from deltabelief.rollout import rollout_with_stats
+from deltabelief.types import JudgeReply, JudgeRequest, Target
 
 # Secrets the model is unlikely to name by chance, so every game runs its full budget.
 SECRETS = (

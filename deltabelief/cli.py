@@ -68,12 +68,13 @@ def _done(message: str) -> None:
 def cmd_play(args: argparse.Namespace) -> int:
     from deltabelief.policy.policy import Policy
     from deltabelief.rollout import rollout
-    from deltabelief.session import build_game, build_judge, build_target
+    from deltabelief.games.base import build_game
+    from deltabelief.session import build_judge, build_target
 
     overrides = [f"policy.model={args.model}"] if args.model else []
     overrides += [f"judge.backend={args.judge}"] if args.judge else []
     config = _config(args, overrides)
-    game = build_game(config)
+    game = build_game(config.game)
     judge = build_judge(config.judge, config.game)
     policy = Policy.from_config(config.policy, seed=args.seed)
     target = build_target(config.game.task, args.target)
@@ -91,11 +92,12 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 def cmd_judge(args: argparse.Namespace) -> int:
     from deltabelief.games import play_moves
-    from deltabelief.session import build_game, build_judge, build_target
+    from deltabelief.games.base import build_game
+    from deltabelief.session import build_judge, build_target
 
     overrides = [f"judge.backend={args.judge}"] if args.judge else []
     config = _config(args, overrides)
-    game = build_game(config)
+    game = build_game(config.game)
     judge = build_judge(config.judge, config.game)
     state = game.new_state(build_target(config.game.task, args.target))
     earlier = [q for q in args.history.split("|") if q.strip()] if args.history else []
@@ -113,7 +115,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from deltabelief.data.synthesis import synthesize
+    from deltabelief.synthesis import synthesize
 
     overrides = [f"data.source={args.source}"] if args.source else []
     overrides += [f"data.task={args.task}"] if args.task else []
@@ -182,7 +184,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from deltabelief.evaluation.suites import evaluate_model
+    from deltabelief.evaluation import evaluate_model
 
     overrides = [f"policy.model={args.model}"] if args.model else []
     overrides += [f"eval.suites={json.dumps(args.suites.split(','))}"] if args.suites else []

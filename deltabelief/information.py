@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
-from deltabelief.games.base import SOLVED_STATUSES
+from deltabelief.types import SOLVED_STATUSES
 
 if TYPE_CHECKING:
     from deltabelief.data.knowledge_base import KnowledgeBase
@@ -86,12 +86,14 @@ def information_per_turn(rows: pd.DataFrame) -> pd.DataFrame:
 def teacher_questions_to_solve(kb: "KnowledgeBase", targets: Sequence[str], max_turns: int) -> float:
     """Mean turns the greedy teacher needs on ``targets`` (its unsolved games count ``max_turns``)."""
     from deltabelief.data.teachers import GreedyTeacher, play_teacher_games
-    from deltabelief.games.base import Target, get_game
+    from deltabelief.config import GameConfig
+    from deltabelief.games.base import build_game
+    from deltabelief.types import Target
     from deltabelief.judges import get_judge
 
     if not targets:
         return math.nan
-    game = get_game(INFORMED_TASK, max_turns=max_turns)
+    game = build_game(GameConfig(), INFORMED_TASK, max_turns=max_turns)
     played = play_teacher_games(GreedyTeacher(kb), [Target(id=t, task=INFORMED_TASK, target=t) for t in targets],
                                 game, get_judge("kb", kb=kb), kb, random.Random(0))
     return sum(g.state.num_turns for g in played) / len(played)

@@ -42,7 +42,7 @@ def draw_training_targets(targets_path: str | Path, count: int, seed: int, out_p
     """
     import pandas as pd
 
-    from deltabelief.data.synthesis import write_parquet
+    from deltabelief.synthesis import write_parquet
 
     if count < 1:
         raise ValueError(f"the number of training targets to draw must be positive, got {count}")

@@ -109,7 +109,7 @@ def finish_pipeline(ctx: RunContext, status: str = "FINISHED") -> None:
 def synthesize_data(config: Config, out_dir: Path):
     """Targets and teacher trajectories in ``out_dir`` (a :class:`SynthesisResult`), untracked:
     deterministic in the config, so the Flyte task that runs it can be cached."""
-    from deltabelief.data import synthesis
+    from deltabelief import synthesis
 
     return synthesis.synthesize(config.data, config.game, out_dir)
 

@@ -32,7 +32,7 @@ from typing import Literal, Sequence
 import torch
 
 from deltabelief.config import RewardConfig
-from deltabelief.games.base import SOLVED_STATUSES, STATUSES
+from deltabelief.types import SOLVED_STATUSES, STATUSES
 
 STATUS_CODES: dict[str, int] = {status: code for code, status in enumerate(STATUSES)}
 """Integer code of each status, for the ``statuses`` tensor form (−1 or any code on masked turns)."""

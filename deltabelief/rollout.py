@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deltabelief.games.base import Game, GameState, StepResult, Target, play_moves
-from deltabelief.judges.base import Judge
+from deltabelief.games.base import Game, GameState, StepResult, play_moves
 from deltabelief.policy.chat import observation_ids, prompt_ids
 from deltabelief.policy.policy import Policy
 from deltabelief.policy.sampling import PrefixCache, Sample
 from deltabelief.trajectory import PolicyTurn, Trajectory
+from deltabelief.types import Judge, Target
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,11 @@
-"""Build the game, the judge and a target a config describes (shared by the CLI, the trainer and Flyte)."""
+"""Build the judge and a target a config or a command line describes (shared by the CLI, the trainer and Flyte);
+the game comes from :func:`deltabelief.games.base.build_game`."""
 
 from __future__ import annotations
 
-from deltabelief.config import Config, GameConfig, JudgeConfig
-from deltabelief.games.base import Game, Target, get_game
-from deltabelief.judges.base import Judge, get_judge
-
-
-def build_game(config: Config, max_turns: int | None = None) -> Game:
-    game = config.game
-    if game.task == "twenty_questions":
-        return get_game(
-            game.task,
-            max_turns=max_turns or game.max_turns,
-            min_question_chars=game.min_question_chars,
-            max_question_chars=game.max_question_chars,
-        )
-    return get_game(game.task, max_turns=max_turns or game.max_turns)
+from deltabelief.config import GameConfig, JudgeConfig
+from deltabelief.judges.base import get_judge
+from deltabelief.types import Judge, Target
 
 
 def build_judge(judge: JudgeConfig, game: GameConfig) -> Judge:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deltabelief.games.base import Message, Target
+from deltabelief.types import Message, Target
 
 
 @dataclass

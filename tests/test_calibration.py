@@ -41,9 +41,9 @@ from deltabelief.calibration.scoring import (
 )
 from deltabelief.config import load_config
 from deltabelief.data.teachers import consistent_nouns
-from deltabelief.games.base import Target
 from deltabelief.policy.chat import encode, render
 from deltabelief.policy.loading import tiny_causal_lm
+from deltabelief.types import Target
 
 LN2, LN4 = math.log(2), math.log(4)
 QUOTED, GUESS = "Is it '{target}'?", "My guess is: {target}"
@@ -332,7 +332,7 @@ def test_packed_candidate_scores_match_one_forward_per_prefix(toy_path, tiny, te
 
 
 def test_tiny_model_end_to_end_on_synthesized_games(tmp_path):
-    from deltabelief.data.synthesis import synthesize
+    from deltabelief.synthesis import synthesize
 
     config = load_config("tiny", ["data.num_games=6", "calibration.num_trajectories=5",
                                   f"calibration.templates={json.dumps([QUOTED, GUESS])}"])

@@ -20,8 +20,9 @@ from deltabelief.data.cities import (
     secret_city,
 )
 from deltabelief.evaluation.suites import get_suite, load_examples, load_suite_targets
-from deltabelief.games.base import Target, get_game, play_moves
+from deltabelief.games.base import get_game, play_moves
 from deltabelief.session import build_judge, build_target
+from deltabelief.types import Target
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from deltabelief.data.contracts import (
     validate_dataset,
 )
 from deltabelief.data.knowledge_base import load_kb
-from deltabelief.data.synthesis import game_messages, synthesize
-from deltabelief.games.base import STATUSES
+from deltabelief.synthesis import game_messages, synthesize
+from deltabelief.types import STATUSES
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,7 @@
 
 import pytest
 
-from deltabelief.games.base import Target
 from deltabelief.games.twenty_questions import JUDGE_LABELS, TwentyQuestions
-from deltabelief.judges.base import JudgeRequest
 from deltabelief.judges.parsing import (
     build_messages,
     is_role_play,
@@ -12,6 +10,7 @@ from deltabelief.judges.parsing import (
     parse_reply,
     strip_reasoning,
 )
+from deltabelief.types import JudgeRequest, Target
 
 TQ = ("yes", "no", "invalid", "finished", "unanswerable")
 ROLE = ("answered", "goal reached", "invalid")

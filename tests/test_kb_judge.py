@@ -6,10 +6,11 @@ import pytest
 
 from deltabelief.config import JudgeConfig
 from deltabelief.data.knowledge_base import load_kb
-from deltabelief.games.base import Target, get_game
-from deltabelief.judges.base import JudgeReply, JudgeRequest, get_judge
+from deltabelief.games.base import get_game
+from deltabelief.judges.base import get_judge
 from deltabelief.judges.kb import KBJudge, make_kb_judge
 from deltabelief.judges.scripted import ScriptedJudge
+from deltabelief.types import JudgeReply, JudgeRequest, Target
 
 
 @pytest.fixture(scope="module")

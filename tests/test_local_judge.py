@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from deltabelief.config import JudgeConfig
-from deltabelief.games.base import Target
-from deltabelief.judges.base import JudgeRequest, get_judge
+from deltabelief.judges.base import get_judge
 from deltabelief.judges.local import LocalJudge, generate_chat, make_local_judge
 from deltabelief.policy.loading import tiny_causal_lm
+from deltabelief.types import JudgeRequest, Target
 
 TQ = ("yes", "no", "invalid", "finished", "unanswerable")
 

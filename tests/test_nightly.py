@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from deltabelief.config import DataConfig, GameConfig, load_config
-from deltabelief.data.synthesis import write_parquet
+from deltabelief.synthesis import write_parquet
 from deltabelief.data.targets import build_targets
 from deltabelief.nightly import draw_training_targets, kickoff_label, kickoff_seed, nightly_config
 

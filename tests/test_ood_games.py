@@ -12,7 +12,7 @@ import pytest
 from anchor import ANCHOR_DATA
 from deltabelief.config import DataConfig, GameConfig
 from deltabelief.evaluation.suites import get_suite, load_examples, load_suite_targets
-from deltabelief.games.base import GameState, Target, get_game, play_moves
+from deltabelief.games.base import GameState, get_game, play_moves
 from deltabelief.games.customer_service import CustomerService
 from deltabelief.games.guess_my_city import WRONG_GUESS_MESSAGE, GuessMyCity
 from deltabelief.games.murder_mystery import (
@@ -31,7 +31,7 @@ from deltabelief.games.personalization import (
     rating_request,
 )
 from deltabelief.games.role_play import MULTI_QUESTION_MESSAGE, REPEATED_MESSAGE, fold, mentions
-from deltabelief.judges.base import JudgeReply, JudgeRequest
+from deltabelief.types import JudgeReply, JudgeRequest, Target
 
 ANCHOR = ANCHOR_DATA
 REFERENCE = ANCHOR / "delta_belief_rl"

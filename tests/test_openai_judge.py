@@ -10,14 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from deltabelief.config import JudgeConfig
-from deltabelief.games.base import Target
-from deltabelief.judges.base import JudgeRequest, get_judge
+from deltabelief.judges.base import get_judge
 from deltabelief.judges.openai_compat import (
     JudgeResponseError,
     JudgeUnavailableError,
     OpenAIJudge,
     make_openai_judge,
 )
+from deltabelief.types import JudgeRequest, Target
 
 TQ = ("yes", "no", "invalid", "finished", "unanswerable")
 KEY_ENV = "DELTABELIEF_TEST_JUDGE_KEY"

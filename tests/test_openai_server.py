@@ -9,16 +9,17 @@ import time
 import pytest
 import requests
 
-from deltabelief.config import JudgeConfig
-from deltabelief.games.base import Target, play_moves
-from deltabelief.games.twenty_questions import INVALID_MESSAGE, TwentyQuestions
 from deltabelief.cli import main as cli_main
+from deltabelief.config import JudgeConfig
+from deltabelief.games.base import play_moves
+from deltabelief.games.twenty_questions import INVALID_MESSAGE, TwentyQuestions
 from deltabelief.judges.local import Completion, generate_chat
 from deltabelief.judges.openai_compat import make_openai_judge
 from deltabelief.policy.loading import tiny_causal_lm
 from deltabelief.serving.openai_server import (
     RequestError, ServeLimits, build_server, make_server, parse_chat_request, running_server, serving_in_background,
 )
+from deltabelief.types import Target
 
 TIMEOUT = 30  # seconds per HTTP call; the tiny model answers in well under a second
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Is a cat alive?"}]

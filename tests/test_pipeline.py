@@ -118,7 +118,7 @@ def test_two_nightly_runs_compound_on_a_tracking_server(ray_session, mlflow_serv
 
 
 def test_broken_dataset_stops_before_warm_start(ray_session, mlflow_uri, monkeypatch):
-    from deltabelief.data import synthesis
+    from deltabelief import synthesis
     from workflows.pipeline import delta_belief_pipeline
 
     real = synthesis.synthesize

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from deltabelief.config import load_config
-from deltabelief.games.base import Target
 from deltabelief.policy.loading import tiny_causal_lm
 from deltabelief.training.logprobs import right_pad, token_logprobs
 from deltabelief.training.ppo_loss import ppo_clip_loss
@@ -15,6 +14,7 @@ from deltabelief.training.rl import (
     RLTrainer, run_rl, sampling_logprobs, targets_for_step, token_advantages,
 )
 from deltabelief.trajectory import PolicyTurn, Trajectory
+from deltabelief.types import Target
 
 # ---------------------------------------------------------------- pure parts
 
@@ -143,7 +143,7 @@ def test_checkpoint_round_trip_is_exact_and_incomplete_ones_are_skipped(tmp_path
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory):
     """The tiny preset's warm start: noisy-teacher games over 4 nouns, then SFT."""
-    from deltabelief.data.synthesis import synthesize
+    from deltabelief.synthesis import synthesize
     from deltabelief.training.sft import warm_start
 
     root = tmp_path_factory.mktemp("tiny")
@@ -238,11 +238,12 @@ def test_micro_batching_does_not_change_the_update(sft_model, tmp_path):
 def _success(model_dir, targets, seed=1234):
     from deltabelief.policy.policy import Policy
     from deltabelief.rollout import rollout
-    from deltabelief.session import build_game, build_judge
+    from deltabelief.games.base import build_game
+    from deltabelief.session import build_judge
 
     config = load_config("tiny", [f"policy.model={model_dir}"])
     policy = Policy.from_config(config.policy)
-    games = rollout(policy, build_game(config), build_judge(config.judge, config.game), targets, n_per_target=32,
+    games = rollout(policy, build_game(config.game), build_judge(config.judge, config.game), targets, n_per_target=32,
                     seed=seed, progress=False)
     return sum(t.solved for t in games) / len(games)
 

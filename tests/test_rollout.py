@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from deltabelief.config import PolicyConfig
-from deltabelief.games.base import GameState, StepResult, Target
+from deltabelief.games.base import GameState, StepResult
 from deltabelief.games.twenty_questions import TwentyQuestions
-from deltabelief.judges.base import JudgeReply, JudgeRequest
 from deltabelief.policy import chat
 from deltabelief.policy.loading import tiny_causal_lm
 from deltabelief.policy.policy import Policy
 from deltabelief.rollout import rollout, rollout_with_stats
+from deltabelief.types import JudgeReply, JudgeRequest, Target
 
 TARGETS = [
     Target(id="t0", task="twenty_questions", target="apple"),

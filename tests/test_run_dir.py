@@ -7,10 +7,10 @@ import shutil
 import pytest
 
 from deltabelief.config import load_config
-from deltabelief.games.base import Target
 from deltabelief.training.checkpoints import CorruptCheckpointError, load_latest_checkpoint
 from deltabelief.training.rl import RLTrainer
 from deltabelief.training.run_dir import RUN_FILE
+from deltabelief.types import Target
 
 TARGETS = [Target(f"t{i}", "twenty_questions", noun) for i, noun in enumerate(["cat", "dog", "spoon"])]
 

@@ -16,8 +16,8 @@ from deltabelief.evaluation import RESULT_COLUMNS, evaluate
 from deltabelief.evaluation.suites import get_suite, load_examples, parse_sources, suite_judge_config
 from deltabelief.games.base import play_moves
 from deltabelief.games.murder_mystery import MurderMystery
-from deltabelief.judges.base import JudgeReply
 from deltabelief.trajectory import PolicyTurn, Trajectory
+from deltabelief.types import JudgeReply
 
 SUCCESS_SUITES = ["twenty_questions", "guess_my_city", "murder_mystery", "customer_service"]
 

@@ -13,7 +13,6 @@ from anchor import REFERENCE_DATA
 from deltabelief.config import DataConfig, GameConfig
 from deltabelief.data.knowledge_base import load_kb
 from deltabelief.data.loaders import SourceRecord
-from deltabelief.data.synthesis import TRAJECTORY_COLUMNS, synthesize
 from deltabelief.data.targets import (
     TARGET_COLUMNS,
     assign_splits,
@@ -23,8 +22,9 @@ from deltabelief.data.targets import (
     split_counts,
 )
 from deltabelief.data.teachers import exact_log_posterior
-from deltabelief.games.base import STATUSES
 from deltabelief.games.twenty_questions import FIRST_PROMPT, SYSTEM_PROMPT
+from deltabelief.synthesis import TRAJECTORY_COLUMNS, synthesize
+from deltabelief.types import STATUSES
 
 DATA = Path(__file__).parent / "data"
 ANCHOR = REFERENCE_DATA
@@ -196,7 +196,7 @@ def test_build_targets_rejects_kb_for_other_tasks():
 def test_teacher_schedule_reaches_held_out_targets_with_fewer_games_than_train_targets():
     """With 100 games over 224 KB nouns (179 train), the schedule must not fill train first:
     calibration scores the val/test games, and a schedule that repeats the split shuffle has none."""
-    from deltabelief.data.synthesis import schedule_targets
+    from deltabelief.synthesis import schedule_targets
 
     table = build_targets(DataConfig(source="kb", seed=0), GameConfig())
     split_of = {t.id: s for t, s in zip(table.targets, table.splits)}
@@ -223,7 +223,7 @@ def _empty_reference(tmp_path: Path) -> Path:
 
 
 def test_an_empty_source_is_refused_and_the_good_set_is_kept(tmp_path, small_nouns):
-    from deltabelief.data.synthesis import SynthesisError
+    from deltabelief.synthesis import SynthesisError
 
     out = tmp_path / "data"
     before = _good_set(out, small_nouns)
@@ -235,7 +235,7 @@ def test_an_empty_source_is_refused_and_the_good_set_is_kept(tmp_path, small_nou
 
 
 def test_no_kept_teacher_game_is_an_empty_result(tmp_path, small_nouns):
-    from deltabelief.data.synthesis import SynthesisError
+    from deltabelief.synthesis import SynthesisError
 
     data = DataConfig(source="kb", teacher="noisy", noise_epsilon=1.0, num_games=1, only_solved=True)
     with pytest.raises(SynthesisError, match=r"no teacher game was kept \(1 played, only_solved=True\)"):
@@ -244,7 +244,7 @@ def test_no_kept_teacher_game_is_an_empty_result(tmp_path, small_nouns):
 
 
 def test_a_failure_half_way_leaves_no_half_set_and_no_new_folders(tmp_path, small_nouns, monkeypatch):
-    import deltabelief.data.synthesis as synthesis
+    import deltabelief.synthesis as synthesis
 
     out = tmp_path / "data"
     before = _good_set(out, small_nouns)
@@ -274,7 +274,7 @@ def test_a_new_set_replaces_the_old_one_whole(tmp_path, small_nouns):
 
 
 def test_an_out_dir_holding_other_files_is_refused(tmp_path, small_nouns):
-    from deltabelief.data.synthesis import SynthesisError
+    from deltabelief.synthesis import SynthesisError
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SynthesisError, match=r"holds files a synthesis did not write \(notes\.txt\)"):

@@ -19,8 +19,9 @@ from deltabelief.data.teachers import (
     play_teacher_games,
     split_entropy,
 )
-from deltabelief.games.base import Target, get_game
+from deltabelief.games.base import get_game
 from deltabelief.judges import get_judge
+from deltabelief.types import Target
 
 
 @dataclass(frozen=True)

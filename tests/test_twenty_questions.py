@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deltabelief.games.base import GameRecord, Target, get_game, play_moves
+from deltabelief.games.base import GameRecord, get_game, play_moves
 from deltabelief.games.twenty_questions import (
     FIRST_PROMPT,
     INVALID_MESSAGE,
@@ -17,6 +17,7 @@ from deltabelief.games.twenty_questions import (
 )
 from deltabelief.judges.kb import make_kb_judge
 from deltabelief.judges.scripted import ScriptedJudge
+from deltabelief.types import Target
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ from verl.utils.dataset.rl_dataset import collate_fn
 from verl.workers.rollout.replica import TokenOutput
 
 from deltabelief.config import load_config
-from deltabelief.games.base import Target
 from deltabelief.games.twenty_questions import INVALID_MESSAGE, REPEATED_MESSAGE
 from deltabelief.integrations.verl.config_gen import AGENT_LOOP_TARGET, compose_verl_config, write_agent_loop_config
 from deltabelief.integrations.verl.runner import write_verl_dataset
 from deltabelief.policy.loading import load_tokenizer
+from deltabelief.types import Target
 
 # (move, ends with the end-of-turn token); the third one hit the token budget mid-question.
 SCRIPT = [("Is it an animal?", True), ("Is it a dog?", True), ("Is it a fruit that is red and", False),

@@ -11,11 +11,10 @@ from verl.protocol import DataProto
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from deltabelief.config import JudgeConfig
-from deltabelief.games.base import Target
 from deltabelief.integrations.verl.runner import DeltaBeliefTrainer
 from deltabelief.judges.async_client import AsyncOpenAIJudge
-from deltabelief.judges.base import JudgeRequest
 from deltabelief.policy.loading import tiny_causal_lm
+from deltabelief.types import JudgeRequest, Target
 from test_openai_judge import _chat_body, scripted_server
 from test_verl_agent_loop import play_games, valid_response
 from test_verl_reward_manager import CpuActorWorkerGroup

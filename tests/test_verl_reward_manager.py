@@ -19,7 +19,6 @@ from verl.workers.reward_manager import get_reward_manager_cls
 
 from deltabelief.belief import delta_beliefs, score_beliefs_per_prefix
 from deltabelief.config import RewardConfig
-from deltabelief.games.base import Target
 from deltabelief.integrations.verl.belief import score_beliefs
 from deltabelief.integrations.verl.packed_belief import score_payload
 from deltabelief.integrations.verl.reward_manager import (
@@ -29,6 +28,7 @@ from deltabelief.integrations.verl.runner import DeltaBeliefTrainer
 from deltabelief.policy.loading import tiny_causal_lm
 from deltabelief.rewards import turn_rewards
 from deltabelief.trajectory import PolicyTurn, Trajectory
+from deltabelief.types import Target
 from test_verl_agent_loop import play_games
 
 

@@ -4,7 +4,7 @@ Shape notation: ``N`` turns of one game (so N+1 histories h_0..h_N), ``C`` candi
 target's tokens, ``L`` packed tokens, ``U`` positions whose logits are read, ``V`` vocabulary.
 
 - :func:`read_games` / :func:`select_games`: rows of ``trajectories.parquet`` (schema in
-  :mod:`deltabelief.data.synthesis`) as :class:`CalibrationGame`, checked field by field.
+  :mod:`deltabelief.synthesis`) as :class:`CalibrationGame`, checked field by field.
 - :func:`to_trajectory`: the token-exact :class:`~deltabelief.trajectory.Trajectory` a rollout
   would have recorded (``prompt | move_1 | obs_1 | … | move_N | obs_N``), built with
   :mod:`deltabelief.policy.chat`; each move's text is tokenised on its own, like the SFT trainer does.
@@ -40,8 +40,8 @@ import torch
 from tqdm.auto import tqdm
 
 from deltabelief.belief import UnlocatableTargetError, build_elicitation, score_beliefs, turn_ends
-from deltabelief.games.base import Target
 from deltabelief.trajectory import PolicyTurn, Trajectory
+from deltabelief.types import Target
 
 log = logging.getLogger(__name__)
 

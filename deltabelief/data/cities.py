@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import yaml
 
 from deltabelief.data.knowledge_base import KnowledgeBase, KnowledgeBaseError, build_knowledge_base, normalize_name
-
-if TYPE_CHECKING:  # the games package imports the judges, which import this module
-    from deltabelief.games.base import Target
+from deltabelief.games.guess_my_city import split_city
+from deltabelief.types import Target
 
 CITIES_PATH = Path(__file__).resolve().parent / "builtin" / "cities.yaml"
 TASK = "guess_my_city"
@@ -65,8 +64,6 @@ def _resolve(path: str | Path | None) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> tuple[KnowledgeBase, tuple[Target, ...]]:
-    from deltabelief.games.base import Target
-
     with open(path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)
     kb = build_city_kb(raw, source=path)
@@ -187,8 +184,6 @@ def spec_continent(countries: dict[str, dict], spec: dict) -> str:
 
 def secret_city(kb: KnowledgeBase, target: Target) -> str:
     """The KB city a 'City, Country' target names; a ValueError names the target when it is not one."""
-    from deltabelief.games.guess_my_city import split_city
-
     try:
         city, country = split_city(target.target)
     except ValueError as err:

@@ -30,7 +30,7 @@ from deltabelief.config import REPO_ROOT
 from deltabelief.data.files import DataFileError, read_parquet
 from deltabelief.data.loaders import to_python
 from deltabelief.data.targets import normalize_target
-from deltabelief.games.base import SOLVED_STATUSES, STATUSES
+from deltabelief.types import SOLVED_STATUSES, STATUSES
 
 logger = logging.getLogger(__name__)
 

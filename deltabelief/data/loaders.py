@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from deltabelief.data.files import read_utf8_text
-from deltabelief.games.base import Message
+from deltabelief.types import Message
 
 SOURCE_KINDS = ("kb", "words", "reference", "paprika")
 SPLITS = ("train", "val", "test")

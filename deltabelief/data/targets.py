@@ -28,7 +28,8 @@ from typing import Any
 
 from deltabelief.config import DataConfig, GameConfig
 from deltabelief.data.loaders import SPLITS, SourceRecord, load_source, parse_source, to_python
-from deltabelief.games.base import Game, Target, get_game
+from deltabelief.games.base import Game, build_game
+from deltabelief.types import Target
 
 logger = logging.getLogger(__name__)
 
@@ -148,17 +149,6 @@ class TargetTable:
         return {s: self.splits.count(s) for s in SPLITS}
 
 
-def make_game(task: str, game_config: GameConfig) -> Game:
-    if task == "twenty_questions":
-        return get_game(
-            task,
-            max_turns=game_config.max_turns,
-            min_question_chars=game_config.min_question_chars,
-            max_question_chars=game_config.max_question_chars,
-        )
-    return get_game(task, max_turns=game_config.max_turns)
-
-
 def build_targets(data: DataConfig, game: GameConfig) -> TargetTable:
     """Read ``data.source``, dedupe, give ids and splits, and fill in opening messages."""
     kind, _ = parse_source(data.source)
@@ -177,7 +167,7 @@ def build_targets(data: DataConfig, game: GameConfig) -> TargetTable:
         )
         if not target.messages:
             if task not in games:
-                games[task] = make_game(task, game)
+                games[task] = build_game(game, task)
             opening = tuple(games[task].opening_messages(target))
             target = Target(target.id, task, target.target, target.extra, opening)
         targets.append(target)

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
-from deltabelief.games.base import SOLVED_STATUSES, Game, GameState, Target, play_moves
+from deltabelief.games.base import Game, GameState, play_moves
+from deltabelief.types import SOLVED_STATUSES, Judge, Target
 
 if TYPE_CHECKING:
     from deltabelief.data.knowledge_base import KnowledgeBase
-    from deltabelief.judges.base import Judge
 
 TEACHERS = ("greedy", "noisy")
 

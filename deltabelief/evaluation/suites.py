@@ -29,15 +29,14 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from deltabelief.config import Config, DataConfig, EvalConfig, GameConfig, JudgeConfig
+from deltabelief.config import DataConfig, EvalConfig, GameConfig, JudgeConfig
 from deltabelief.data.loaders import resolve_data_path
 from deltabelief.evaluation.scaling import game_row, play_budgets, scaling_rows
-from deltabelief.games import customer_service, guess_my_city, murder_mystery, personalization  # noqa: F401  (register)
-from deltabelief.games.base import Game, Target, get_game
+from deltabelief.games.base import Game, build_game, get_game
 from deltabelief.games.personalization import AnswerFn, load_star_gate, rate_final_answers
 from deltabelief.information import exact_knowledge_base, information_rows, suite_information_metrics
-from deltabelief.judges.base import Judge
 from deltabelief.trajectory import Trajectory
+from deltabelief.types import Judge, Target
 
 log = logging.getLogger(__name__)
 
@@ -267,17 +266,7 @@ def run_rated_suite(
     return run
 
 
-def make_game(spec: SuiteSpec, config: EvalConfig) -> Game:
+def suite_game(spec: SuiteSpec, config: EvalConfig) -> Game:
+    """The suite's game with the default rules and the turns its budgets need."""
     turns = config.personalization_turns if spec.rated else max(config.budgets)
-    return get_game(spec.game, max_turns=turns)
-
-
-def evaluate_model(config: Config, out_dir: str | Path, progress: bool = True):
-    """Load ``config.policy`` and run :func:`deltabelief.evaluation.evaluate` with the run's data,
-    game and belief settings (what ``deltabelief eval`` does)."""
-    from deltabelief.evaluation import evaluate
-    from deltabelief.policy.remote import load_policy
-
-    policy = load_policy(config.policy, seed=config.eval.seed)
-    return evaluate(config.eval, policy, out_dir, data=config.data, game=config.game, belief=config.belief,
-                    progress=progress)
+    return build_game(GameConfig(), spec.game, max_turns=turns)

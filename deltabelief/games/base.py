@@ -5,7 +5,7 @@ steps so that judge calls can be batched across many games:
 
 1. ``game.precheck(state, move)`` applies rules that need no judge
    (format, length, repeats) and returns a final :class:`StepResult` or ``None``;
-2. ``game.judge_request(state, move)`` builds the :class:`~deltabelief.judges.base.JudgeRequest`;
+2. ``game.judge_request(state, move)`` builds the :class:`~deltabelief.types.JudgeRequest`;
 3. ``game.resolve(state, move, reply)`` applies rule corrections to the judge's
    label and returns the :class:`StepResult`.
 
@@ -14,35 +14,12 @@ steps so that judge calls can be batched across many games:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Hashable, Protocol, Sequence
 
-if TYPE_CHECKING:
-    from deltabelief.judges.base import Judge, JudgeReply, JudgeRequest
-
-# Every status a move can get, across all games. Contracts check against this set.
-STATUSES = ("yes", "no", "answered", "invalid", "repeated", "unanswerable", "finished")
-# Statuses that end the game in success.
-SOLVED_STATUSES = ("finished",)
-
-Message = dict[str, str]
-
-
-@dataclass(frozen=True)
-class Target:
-    """One hidden target (a secret word, a city, a scenario with a culprit, ...)."""
-
-    id: str
-    task: str
-    target: str
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Task context for the judge (city facts, scenario text, persona, ...)."""
-    messages: tuple[Message, ...] = ()
-    """Opening messages shipped with the data; empty means the game writes its own."""
-
-    def extra_json(self) -> str:
-        return json.dumps(self.extra, sort_keys=True)
+from deltabelief.config import GameConfig
+from deltabelief.registry import Registry
+from deltabelief.types import SOLVED_STATUSES, Judge, JudgeReply, JudgeRequest, Message, Target
 
 
 @dataclass
@@ -100,9 +77,23 @@ class Game(Protocol):
 
     def precheck(self, state: GameState, move: str) -> StepResult | None: ...
 
-    def judge_request(self, state: GameState, move: str) -> "JudgeRequest": ...
+    def judge_request(self, state: GameState, move: str) -> JudgeRequest: ...
 
-    def resolve(self, state: GameState, move: str, reply: "JudgeReply") -> StepResult: ...
+    def resolve(self, state: GameState, move: str, reply: JudgeReply) -> StepResult: ...
+
+    def step_states(self, turns: Sequence[tuple[str, str]]) -> list[Hashable]:
+        """The state before each of one game's (move, status) turns, for estimators that compare
+        moves taken from the same state (GiGPO): equal states mean the same situation."""
+
+
+def history_states(turns: Sequence[tuple[str, str]], normalize: Callable[[str], str]) -> list[frozenset]:
+    """States from the play alone: before each move, the set of (normalized move, status) pairs
+    played so far (the order of earlier questions does not change what is known)."""
+    seen, states = [], []
+    for move, status in turns:
+        states.append(frozenset(seen))
+        seen.append((normalize(move), status))
+    return states
 
 
 def apply_step(state: GameState, move: str, result: StepResult) -> None:
@@ -115,7 +106,7 @@ def apply_step(state: GameState, move: str, result: StepResult) -> None:
     state.done = result.done or state.solved or state.num_turns >= state.max_turns
 
 
-def play_moves(game: Game, judge: "Judge", states: list[GameState], moves: list[str]) -> list[StepResult]:
+def play_moves(game: Game, judge: Judge, states: list[GameState], moves: list[str]) -> list[StepResult]:
     """Play one move in each game, calling the judge once for all moves that need it."""
     if len(states) != len(moves):
         raise ValueError(f"{len(states)} games but {len(moves)} moves")
@@ -130,7 +121,7 @@ def play_moves(game: Game, judge: "Judge", states: list[GameState], moves: list[
     return results  # type: ignore[return-value]
 
 
-async def play_move_async(game: Game, answer: Callable[["JudgeRequest"], Awaitable["JudgeReply"]],
+async def play_move_async(game: Game, answer: Callable[[JudgeRequest], Awaitable[JudgeReply]],
                           state: GameState, move: str) -> StepResult:
     """:func:`play_moves` for one game on an event loop: ``answer`` is an async judge call."""
     result = game.precheck(state, move)
@@ -142,28 +133,22 @@ async def play_move_async(game: Game, answer: Callable[["JudgeRequest"], Awaitab
 
 # ---------------------------------------------------------------- registry
 
-_GAMES: dict[str, Callable[..., Game]] = {}
+GAMES: Registry[Callable[..., Game]] = Registry("game")
+"""Game classes by task name; importing :mod:`deltabelief.games` registers the built-in ones."""
+register_game = GAMES.register
 
 
-def register_game(name: str) -> Callable:
-    def wrap(factory: Callable[..., Game]) -> Callable[..., Game]:
-        if name in _GAMES:
-            raise ValueError(f"game {name!r} is already registered")
-        _GAMES[name] = factory
-        return factory
-
-    return wrap
+def get_game(name: str, **kwargs) -> Game:
+    """The game registered as ``name``, built with ``kwargs`` (its constructor's arguments)."""
+    return GAMES.get(name)(**kwargs)
 
 
-def get_game(name: str, **kwargs: Any) -> Game:
-    import deltabelief.games  # noqa: F401  (registers the built-in games)
-
-    if name not in _GAMES:
-        raise KeyError(f"unknown game {name!r}; games: {sorted(_GAMES)}")
-    return _GAMES[name](**kwargs)
-
-
-def game_names() -> list[str]:
-    import deltabelief.games  # noqa: F401
-
-    return sorted(_GAMES)
+def build_game(config: GameConfig, task: str | None = None, max_turns: int | None = None) -> Game:
+    """The game a config describes: ``task`` (default ``config.task``) under the rules of
+    ``config``; ``max_turns`` replaces ``config.max_turns`` (an evaluation budget)."""
+    task = task or config.task
+    turns = max_turns or config.max_turns
+    if task == "twenty_questions":
+        return get_game(task, max_turns=turns, min_question_chars=config.min_question_chars,
+                        max_question_chars=config.max_question_chars)
+    return get_game(task, max_turns=turns)

@@ -13,8 +13,9 @@ the conversation goes on.
 
 from __future__ import annotations
 
-from deltabelief.games.base import Message, Target, register_game
+from deltabelief.games.base import register_game
 from deltabelief.games.role_play import RolePlayGame, require_field
+from deltabelief.types import Message, Target
 
 NAME = "customer_service"
 

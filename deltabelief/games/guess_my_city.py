@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import re
 
-from deltabelief.games.base import GameState, Message, Target, register_game
+from deltabelief.games.base import GameState, register_game
 from deltabelief.games.role_play import ANSWERED, GOAL_REACHED, RolePlayGame, mentions
+from deltabelief.types import Message, Target
 
 NAME = "guess_my_city"
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import re
 
-from deltabelief.games.base import GameState, Message, Target, register_game
+from deltabelief.games.base import GameState, register_game
 from deltabelief.games.role_play import RolePlayGame, fold, require_field
+from deltabelief.types import Message, Target
 
 NAME = "murder_mystery"
 

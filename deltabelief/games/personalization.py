@@ -23,9 +23,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from deltabelief.games.base import Message, Target, register_game
+from deltabelief.games.base import register_game
 from deltabelief.games.role_play import ANSWERED, RolePlayGame, require_field
-from deltabelief.judges.base import Judge, JudgeReply, JudgeRequest
+from deltabelief.types import Judge, JudgeReply, JudgeRequest, Message, Target
 
 log = logging.getLogger(__name__)
 

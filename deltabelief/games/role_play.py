@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Hashable, Sequence
 
-from deltabelief.games.base import GameState, Message, StepResult, Target
-from deltabelief.judges.base import JudgeReply, JudgeRequest
+from deltabelief.games.base import GameState, StepResult, history_states
+from deltabelief.types import JudgeReply, JudgeRequest, Message, Target
 
 ANSWERED = "answered"
 GOAL_REACHED = "goal reached"
@@ -96,6 +97,9 @@ class RolePlayGame:
             raise ValueError(f"max_move_chars must be at least 1, got {max_move_chars}")
         self.max_turns = max_turns
         self.max_move_chars = max_move_chars
+
+    def step_states(self, turns: Sequence[tuple[str, str]]) -> list[Hashable]:
+        return history_states(turns, fold)
 
     # ------------------------------------------------------------ hooks
 

@@ -18,9 +18,10 @@ Invalid, repeated and unanswerable moves get fixed instructive messages and use 
 from __future__ import annotations
 
 import re
+from typing import Hashable, Sequence
 
-from deltabelief.games.base import GameState, Message, StepResult, Target, register_game
-from deltabelief.judges.base import JudgeReply, JudgeRequest
+from deltabelief.games.base import GameState, StepResult, history_states, register_game
+from deltabelief.types import JudgeReply, JudgeRequest, Message, Target
 
 NAME = "twenty_questions"
 JUDGE_LABELS = ("yes", "no", "invalid", "finished", "unanswerable")
@@ -134,6 +135,9 @@ class TwentyQuestions:
         if label == "unanswerable":
             return StepResult(reply.text or UNANSWERABLE_MESSAGE, "unanswerable", False)
         return StepResult(INVALID_MESSAGE, "invalid", False)
+
+    def step_states(self, turns: Sequence[tuple[str, str]]) -> list[Hashable]:
+        return history_states(turns, normalize_move)
 
 
 @register_game(NAME)

@@ -19,12 +19,12 @@ from typing import Callable, Protocol
 import httpx
 
 from deltabelief.config import JudgeConfig
-from deltabelief.judges.base import Judge, JudgeReply, JudgeRequest
 from deltabelief.judges.openai_compat import (
     JudgeResponseError, JudgeUnavailableError, chat_payload, http_endpoint, is_retryable_status,
     response_content,
 )
 from deltabelief.judges.parsing import build_messages, parse_reply
+from deltabelief.types import Judge, JudgeReply, JudgeRequest
 
 log = logging.getLogger(__name__)
 

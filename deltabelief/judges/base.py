@@ -1,66 +1,22 @@
-"""Who answers the questioner: one protocol, chosen by name."""
+"""Who answers the questioner: judges are chosen by name from one registry.
+
+The judge protocol and what passes through it (:class:`~deltabelief.types.Judge`,
+:class:`~deltabelief.types.JudgeRequest`, :class:`~deltabelief.types.JudgeReply`) live in
+:mod:`deltabelief.types`, so that games name them without importing the judges.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable
 
-if TYPE_CHECKING:  # games import judges.base at runtime; keep this one-way
-    from deltabelief.games.base import Target
+from deltabelief.registry import Registry
+from deltabelief.types import Judge
 
-
-@dataclass(frozen=True)
-class JudgeRequest:
-    task: str
-    target: Target
-    move: str
-    history: tuple[tuple[str, str], ...] = ()
-    """Earlier (move, answer) pairs."""
-    instructions: str = ""
-    """System prompt for LLM judges, written by the game."""
-    labels: tuple[str, ...] = ()
-    """Labels the judge may answer with (LLM judges put one inside <answer>...</answer>)."""
-
-
-@dataclass(frozen=True)
-class JudgeReply:
-    label: str
-    """One of the request's labels, lower case ('invalid' when unparseable)."""
-    text: str = ""
-    """Free-text reply for role-play games; empty for label-only games."""
-    raw: str = ""
-    parsed: bool = True
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class Judge(Protocol):
-    name: str
-
-    def answer_batch(self, requests: list[JudgeRequest]) -> list[JudgeReply]: ...
-
-
-_JUDGES: dict[str, Callable[..., Judge]] = {}
-
-
-def register_judge(name: str) -> Callable:
-    def wrap(factory: Callable[..., Judge]) -> Callable[..., Judge]:
-        if name in _JUDGES:
-            raise ValueError(f"judge {name!r} is already registered")
-        _JUDGES[name] = factory
-        return factory
-
-    return wrap
+JUDGES: Registry[Callable[..., Judge]] = Registry("judge")
+"""Judge factories by backend name; importing :mod:`deltabelief.judges` registers the built-in ones."""
+register_judge = JUDGES.register
 
 
 def get_judge(name: str, **kwargs: Any) -> Judge:
-    import deltabelief.judges  # noqa: F401  (registers the built-in judges)
-
-    if name not in _JUDGES:
-        raise KeyError(f"unknown judge {name!r}; judges: {sorted(_JUDGES)}")
-    return _JUDGES[name](**kwargs)
-
-
-def judge_names() -> list[str]:
-    import deltabelief.judges  # noqa: F401
-
-    return sorted(_JUDGES)
+    """The judge registered as ``name``, built with ``kwargs`` (its factory's arguments)."""
+    return JUDGES.get(name)(**kwargs)

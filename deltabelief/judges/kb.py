@@ -23,7 +23,8 @@ from typing import Sequence
 from deltabelief.config import JudgeConfig
 from deltabelief.data import cities
 from deltabelief.data.knowledge_base import KnowledgeBase, KnowledgeBaseError, load_kb
-from deltabelief.judges.base import JudgeReply, JudgeRequest, register_judge
+from deltabelief.judges.base import register_judge
+from deltabelief.types import JudgeReply, JudgeRequest
 
 logger = logging.getLogger(__name__)
 

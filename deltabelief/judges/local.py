@@ -22,8 +22,9 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from deltabelief.config import JudgeConfig
-from deltabelief.judges.base import JudgeReply, JudgeRequest, register_judge
+from deltabelief.judges.base import register_judge
 from deltabelief.judges.parsing import build_messages, parse_reply
+from deltabelief.types import JudgeReply, JudgeRequest
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import requests
 
 from deltabelief.config import JudgeConfig
-from deltabelief.judges.base import JudgeReply, JudgeRequest, register_judge
+from deltabelief.judges.base import register_judge
 from deltabelief.judges.parsing import build_messages, parse_reply
 from deltabelief.retry import RetriesExhausted, Retryable, with_retries
+from deltabelief.types import JudgeReply, JudgeRequest
 
 log = logging.getLogger(__name__)
 

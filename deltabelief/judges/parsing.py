@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from deltabelief.judges.base import JudgeReply, JudgeRequest
+from deltabelief.types import JudgeReply, JudgeRequest
 
 ROLE_PLAY_LABEL = "answered"
 INVALID_LABEL = "invalid"

@@ -19,7 +19,8 @@ import re
 from typing import Callable, Mapping, Union
 
 from deltabelief.config import JudgeConfig
-from deltabelief.judges.base import JudgeReply, JudgeRequest, register_judge
+from deltabelief.judges.base import register_judge
+from deltabelief.types import JudgeReply, JudgeRequest
 
 NAME = "scripted"
 

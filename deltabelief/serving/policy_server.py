@@ -99,9 +99,9 @@ def launched_server(argv: list[str], base_url: str, ready_timeout_s: float) -> I
 
 
 def evaluate_through_server(config: Config, model_dir: str | Path, out_dir: str | Path, progress: bool = True):
-    """:func:`~deltabelief.evaluation.suites.evaluate_model` with ``model_dir`` served by
+    """:func:`~deltabelief.evaluation.run.evaluate_model` with ``model_dir`` served by
     ``config.eval.policy_server`` (its weights never load in this process)."""
-    from deltabelief.evaluation.suites import evaluate_model
+    from deltabelief.evaluation.run import evaluate_model
 
     port = free_port()
     argv, served_name = server_command(config, str(model_dir), port)
@@ -114,7 +114,7 @@ def evaluate_through_server(config: Config, model_dir: str | Path, out_dir: str 
 def evaluate_saved_model(config: Config, model_dir: str | Path, out_dir: str | Path, progress: bool = True):
     """Evaluate the model saved in ``model_dir`` where ``config.eval.policy_server`` says it runs."""
     if config.eval.policy_server == "local":
-        from deltabelief.evaluation.suites import evaluate_model
+        from deltabelief.evaluation.run import evaluate_model
 
         local = dataclasses.replace(config, policy=dataclasses.replace(config.policy, model=str(model_dir)))
         return evaluate_model(local, out_dir, progress=progress)

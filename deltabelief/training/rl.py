@@ -48,7 +48,6 @@ from tqdm.auto import tqdm
 from deltabelief.advantages import get_estimator
 from deltabelief.belief import delta_beliefs, score_beliefs
 from deltabelief.config import Config, ConfigError, config_to_dict
-from deltabelief.games.base import Target
 from deltabelief.information import exact_knowledge_base
 from deltabelief.rewards import step_rewards
 from deltabelief.threads import ThreadFitter
@@ -61,6 +60,7 @@ from deltabelief.training.optim import build_optimizer, build_scheduler
 from deltabelief.training.ppo_loss import PPOStats, ppo_clip_loss
 from deltabelief.training.run_dir import check_checkpoint_identity, claim_run_dir, run_identity
 from deltabelief.trajectory import Trajectory
+from deltabelief.types import Target
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ class RLTrainer:
 
     def setup(self, resume: bool = False) -> None:
         from deltabelief.policy.policy import Policy
-        from deltabelief.session import build_game, build_judge
+        from deltabelief.games.base import build_game
+        from deltabelief.session import build_judge
 
         self._check_config()
         c = self.config
@@ -224,7 +225,7 @@ class RLTrainer:
         np.random.seed(c.train.seed % 2**32)
         torch.manual_seed(c.train.seed)
         self.policy = Policy.from_config(c.policy, seed=c.train.seed)
-        self.game = build_game(c)
+        self.game = build_game(c.game)
         self.judge = build_judge(c.judge, c.game)
         self.estimator = get_estimator(c.estimator.name)
         self.params = [p for p in self.policy.model.parameters() if p.requires_grad]

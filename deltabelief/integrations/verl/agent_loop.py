@@ -47,11 +47,12 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 
 from deltabelief.config import Config
-from deltabelief.games.base import Game, GameState, Target, play_move_async
+from deltabelief.games.base import Game, GameState, build_game, play_move_async
 from deltabelief.integrations.verl.config_gen import AGENT_LOOP_NAME, CONFIG_SECTION, config_from_section
 from deltabelief.judges.async_client import AsyncJudge, build_async_judge
 from deltabelief.judges.openai_compat import JudgeResponseError, JudgeUnavailableError
-from deltabelief.session import build_game, build_judge
+from deltabelief.session import build_judge
+from deltabelief.types import Target
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def _session(section_json: str) -> tuple[Config, Game, AsyncJudge]:
     so every game of a worker shares the judge's connection pool and concurrency bound."""
     config = config_from_section(json.loads(section_json))
     judge = build_async_judge(config.judge, lambda: build_judge(config.judge, config.game))
-    return config, build_game(config), judge
+    return config, build_game(config.game), judge
 
 
 def target_from_row(row: dict[str, Any]) -> Target:

@@ -38,18 +38,18 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
 from deltabelief.config import Config
-from deltabelief.games.base import Target
+from deltabelief.games.base import build_game
 from deltabelief.integrations.verl import agent_loop as _agent_loop  # noqa: F401  (registers the loop)
-from deltabelief.integrations.verl.estimator import use_estimator_options  # (also registers the estimators)
 from deltabelief.integrations.verl.belief import TURN_ENDS_KEY, score_beliefs
 from deltabelief.integrations.verl.packed_belief import layout_tokens, score_beliefs_packed
 from deltabelief.integrations.verl.config_gen import (
     AGENT_LOOP_NAME, CONFIG_SECTION, check_composed_config, compose_verl_config, config_from_section,
     write_agent_loop_config,
 )
+from deltabelief.integrations.verl.estimator import use_estimator_options  # (also registers the estimators)
 from deltabelief.integrations.verl.reward_manager import BELIEF_KEY, BELIEF_MASK_KEY, DeltaBeliefRewardManager
-from deltabelief.session import build_game
 from deltabelief.shared_storage import is_local_path, require_on_shared_storage
+from deltabelief.types import Target
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class DeltaBeliefTaskRunner(BaseTaskRunner):
 
 def dataset_rows(targets: list[Target], config: Config) -> list[dict[str, Any]]:
     """verl RL dataset rows: the opening messages as ``prompt``, the target in ``extra_info``."""
-    game = build_game(config)
+    game = build_game(config.game)
     rows = []
     for index, target in enumerate(targets):
         messages = [dict(m) for m in (target.messages or game.opening_messages(target))]

@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from deltabelief.config import DataConfig, GameConfig
+from deltabelief.data.knowledge_base import load_kb
 from deltabelief.data.loaders import parse_source
-from deltabelief.data.targets import TargetTable, build_targets, make_game
+from deltabelief.data.targets import TargetTable, build_targets
 from deltabelief.data.teachers import TeacherGame, make_teacher, play_teacher_games
-from deltabelief.games.base import Game, Target
+from deltabelief.games.base import Game, build_game
+from deltabelief.types import Target
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +161,11 @@ def schedule_targets(targets: list[Target], num_games: int, seed: int) -> list[T
 
 def play_teachers(data: DataConfig, game_config: GameConfig, table: TargetTable) -> tuple[list[dict], dict]:
     """Teacher games over the knowledge base: (rows, report). Rows are filtered by ``only_solved``."""
-    from deltabelief.data.knowledge_base import load_kb
-    from deltabelief.judges import get_judge
+    from deltabelief.judges import get_judge  # the judges bring torch; a synthesis without teacher needs none
 
     nouns = game_config.kb_nouns or None
     kb = load_kb(nouns=nouns)
-    game = make_game("twenty_questions", game_config)
+    game = build_game(game_config, "twenty_questions")
     judge = get_judge("kb", kb=kb)  # the same (possibly restricted) KB the teacher reasons with
     rng = random.Random(data.seed)
     teacher = make_teacher(data.teacher, kb, data.noise_epsilon, data.guess_below)
