@@ -29,17 +29,18 @@ Estimators (advantages are 0 on turns that were not played):
 
 Group statistics use the unbiased std (n − 1); a group with one member gets mean 0 and std 1
 (as verl's GRPO). They are computed in float64 so that a zero-variance group gives exactly 0.
-Each vectorised estimator keeps a loop version (``_<name>_loop``) that tests compare it with.
+Each vectorised estimator has a loop version that the tests compare it with (tests/estimator_oracles.py).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Hashable, Literal
 
 import torch
+
+from deltabelief.registry import Registry
 
 Level = Literal["turn", "trajectory"]
 LEVELS: tuple[str, ...] = ("turn", "trajectory")
@@ -53,38 +54,37 @@ class Estimator:
     fn: Callable[..., torch.Tensor]
     options: tuple[str, ...]
     """Keyword options the estimator reads; each is an ``EstimatorConfig`` field name."""
+    needs_step_states: bool = False
+    """True: the caller must pass ``step_states``, the game's state before every move (GiGPO)."""
 
     def __call__(self, turn_rewards, turn_mask, group_ids, *, step_states=None, **options) -> torch.Tensor:
         return self.fn(turn_rewards, turn_mask, group_ids, step_states=step_states, **options)
 
 
-_ESTIMATORS: dict[str, Estimator] = {}
+ESTIMATORS: Registry[Estimator] = Registry("estimator")
+_ESTIMATORS = ESTIMATORS  # its former name, which the registry test swaps for a copy
 
 
-def register_estimator(name: str, level: Level = "turn") -> Callable:
+def register_estimator(name: str, level: Level = "turn", *, needs_step_states: bool = False) -> Callable:
     """Decorator: register ``fn`` under ``name``; a duplicate name or an unknown level raises."""
     if level not in LEVELS:
         raise ValueError(f"estimator {name!r}: level must be one of {list(LEVELS)}, got {level!r}")
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        if name in _ESTIMATORS:
-            raise ValueError(f"estimator {name!r} is already registered")
         params = inspect.signature(fn).parameters.values()
         options = tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "step_states")
-        _ESTIMATORS[name] = Estimator(name, level, fn, options)
+        ESTIMATORS.add(name, Estimator(name, level, fn, options, needs_step_states))
         return fn
 
     return wrap
 
 
 def get_estimator(name: str) -> Estimator:
-    if name not in _ESTIMATORS:
-        raise KeyError(f"unknown estimator {name!r}; estimators: {estimator_names()}")
-    return _ESTIMATORS[name]
+    return ESTIMATORS.get(name)
 
 
 def estimator_names() -> list[str]:
-    return sorted(_ESTIMATORS)
+    return ESTIMATORS.names()
 
 
 # ---------------------------------------------------------------- group statistics
@@ -135,14 +135,6 @@ def _group_zscore(values, weights, index, num_groups, *, norm_by_std: bool, eps:
     return centred / (std[index] + eps) if norm_by_std else centred
 
 
-def _group_stats_loop(members: list[torch.Tensor]) -> tuple[float, float]:
-    """(mean, unbiased std) of a list of float64 scalars; (0, 1) for fewer than two."""
-    if len(members) <= 1:
-        return 0.0, 1.0
-    stacked = torch.stack(members)
-    return stacked.mean().item(), stacked.std(unbiased=True).item()
-
-
 def trajectory_scores(turn_rewards: torch.Tensor, turn_mask: torch.Tensor) -> torch.Tensor:
     """[B] float64 S_i = Σ_t R[i,t] over played turns."""
     return (turn_rewards.double() * turn_mask.double()).sum(dim=1)  # [B]
@@ -173,22 +165,6 @@ def turn_grpo(turn_rewards, turn_mask, group_ids, *, include_finished: bool = Tr
     return (adv * mask).to(turn_rewards.dtype)
 
 
-def _turn_grpo_loop(turn_rewards, turn_mask, group_ids, *, include_finished=True, norm_by_std=True, eps=1e-6):
-    mask = turn_mask.bool()
-    batch, turns = mask.shape
-    ids = torch.as_tensor(group_ids).tolist()
-    out = torch.zeros(batch, turns, dtype=torch.float64)
-    for t in range(turns):
-        for g in set(ids):
-            rows = [i for i in range(batch) if ids[i] == g and (include_finished or mask[i, t])]
-            values = [turn_rewards[i, t].double() * mask[i, t] for i in rows]
-            mean, std = _group_stats_loop(values)
-            for i, v in zip(rows, values):
-                if mask[i, t]:
-                    out[i, t] = (v - mean) / (std + eps) if norm_by_std else v - mean
-    return out.to(turn_rewards.dtype)
-
-
 # ---------------------------------------------------------------- grpo (StarPO) and rloo
 
 
@@ -208,18 +184,6 @@ def grpo(turn_rewards, turn_mask, group_ids, *, norm_by_std: bool = True, eps: f
     return (adv * mask).to(turn_rewards.dtype)  # [B, T] broadcast to played turns
 
 
-def _grpo_loop(turn_rewards, turn_mask, group_ids, *, norm_by_std=True, eps=1e-6):
-    mask = turn_mask.bool()
-    ids = torch.as_tensor(group_ids).tolist()
-    scores = [(turn_rewards[i].double() * mask[i]).sum() for i in range(len(ids))]
-    out = torch.zeros(mask.shape, dtype=torch.float64)
-    for i, g in enumerate(ids):
-        mean, std = _group_stats_loop([scores[j] for j in range(len(ids)) if ids[j] == g])
-        value = (scores[i] - mean) / (std + eps) if norm_by_std else scores[i] - mean
-        out[i] = value * mask[i]
-    return out.to(turn_rewards.dtype)
-
-
 @register_estimator("rloo", level="trajectory")
 def rloo(turn_rewards, turn_mask, group_ids, *, step_states=None) -> torch.Tensor:
     """REINFORCE leave-one-out: A_i = S_i − (Σ_{j∈g} S_j − S_i) / (n_g − 1) on every played turn.
@@ -234,18 +198,6 @@ def rloo(turn_rewards, turn_mask, group_ids, *, step_states=None) -> torch.Tenso
     others = (count[index] - 1).clamp(min=1)  # [B] n_g − 1
     baseline = torch.where(count[index] > 1, (total[index] - scores) / others, torch.zeros_like(scores))  # [B]
     return ((scores - baseline)[:, None] * mask).to(turn_rewards.dtype)  # [B, T]
-
-
-def _rloo_loop(turn_rewards, turn_mask, group_ids):
-    mask = turn_mask.bool()
-    ids = torch.as_tensor(group_ids).tolist()
-    scores = [(turn_rewards[i].double() * mask[i]).sum() for i in range(len(ids))]
-    out = torch.zeros(mask.shape, dtype=torch.float64)
-    for i, g in enumerate(ids):
-        others = [scores[j] for j in range(len(ids)) if ids[j] == g and j != i]
-        baseline = torch.stack(others).mean() if others else 0.0
-        out[i] = (scores[i] - baseline) * mask[i]
-    return out.to(turn_rewards.dtype)
 
 
 # ---------------------------------------------------------------- gigpo
@@ -278,7 +230,7 @@ def _step_keys(step_states, mask: torch.Tensor, group_ids: list) -> dict[tuple[i
     return keys
 
 
-@register_estimator("gigpo", level="trajectory")
+@register_estimator("gigpo", level="trajectory", needs_step_states=True)
 def gigpo(turn_rewards, turn_mask, group_ids, *, norm_by_std: bool = True, eps: float = 1e-6,
           gigpo_gamma: float = 0.95, gigpo_omega: float = 1.0, step_states=None) -> torch.Tensor:
     """GiGPO: episode advantage (``grpo``) + ω·step advantage.
@@ -308,29 +260,6 @@ def gigpo(turn_rewards, turn_mask, group_ids, *, norm_by_std: bool = True, eps: 
     step = step.reshape(mask.shape)  # [B, T]
     episode = grpo(turn_rewards.double(), mask, group_ids, norm_by_std=norm_by_std, eps=eps)  # [B, T]
     return ((episode + gigpo_omega * step) * mask).to(turn_rewards.dtype)  # A = A_episode + ω·A_step
-
-
-def _gigpo_loop(turn_rewards, turn_mask, group_ids, *, norm_by_std=True, eps=1e-6, gigpo_gamma=0.95,
-                gigpo_omega=1.0, step_states=None):
-    mask = turn_mask.bool()
-    ids = torch.as_tensor(group_ids).tolist()
-    episode = _grpo_loop(turn_rewards.double(), mask, group_ids, norm_by_std=norm_by_std, eps=eps)
-    members: dict[Hashable, list[tuple[int, int]]] = defaultdict(list)
-    for i, row in enumerate(step_states):
-        for t in range(int(mask[i].sum())):
-            members[(ids[i], row[t])].append((i, t))
-    out = episode.clone()
-    for steps in members.values():
-        if len(steps) < 2:
-            continue
-        returns = []
-        for i, t in steps:
-            future = [turn_rewards[i, k].double() * gigpo_gamma ** (k - t) for k in range(t, int(mask[i].sum()))]
-            returns.append(torch.stack(future).sum())
-        mean, std = _group_stats_loop(returns)
-        for (i, t), g in zip(steps, returns):
-            out[i, t] += gigpo_omega * ((g - mean) / (std + eps) if norm_by_std else g - mean)
-    return (out * mask).to(turn_rewards.dtype)
 
 
 # ---------------------------------------------------------------- turn_rloo
@@ -366,22 +295,25 @@ def turn_rloo(turn_rewards, turn_mask, group_ids, *, step_states=None) -> torch.
     return ((returns - baseline) * mask).to(turn_rewards.dtype)
 
 
-def _turn_rloo_loop(turn_rewards, turn_mask, group_ids):
-    mask = turn_mask.bool()
-    batch, turns = mask.shape
-    ids = torch.as_tensor(group_ids).tolist()
-    lengths = [int(mask[i].sum()) for i in range(batch)]
-    to_go = [[sum(float(turn_rewards[i, k]) for k in range(t, lengths[i])) for t in range(turns)]
-             for i in range(batch)]
-    out = torch.zeros(batch, turns, dtype=torch.float64)
-    for i in range(batch):
-        for t in range(lengths[i]):
-            others = [to_go[j][t] for j in range(batch) if j != i and ids[j] == ids[i] and mask[j, t]]
-            out[i, t] = to_go[i][t] - (sum(others) / len(others) if others else 0.0)
-    return out.to(turn_rewards.dtype)
-
-
 # ---------------------------------------------------------------- tokens
+
+
+def turn_runs(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each turn's policy tokens are: one contiguous run of 1s per turn.
+
+    Args:
+        response_mask: [B, L], 1 on policy tokens.
+    Returns:
+        ``(ends, run, num_runs)``: ends [B, L] bool, True on the last token of each run;
+        run [B, L] long, the run index k of every token (−1 before the first run);
+        num_runs [B] long.
+    """
+    mask = response_mask.bool()  # [B, L]
+    before = torch.cat([mask.new_zeros(mask.shape[0], 1), mask[:, :-1]], dim=1)  # [B, L] shifted right
+    after = torch.cat([mask[:, 1:], mask.new_zeros(mask.shape[0], 1)], dim=1)  # [B, L] shifted left
+    starts = mask & ~before  # [B, L] first token of a run
+    run = starts.long().cumsum(dim=1) - 1  # [B, L] k-th run
+    return mask & ~after, run, starts.sum(dim=1)
 
 
 def to_token_level(turn_adv: torch.Tensor, response_mask: torch.Tensor,
@@ -396,10 +328,7 @@ def to_token_level(turn_adv: torch.Tensor, response_mask: torch.Tensor,
         [B, L]: the k-th run of 1s in row i gets turn_adv[i, k]; 0 elsewhere.
     """
     mask = response_mask.bool()  # [B, L]
-    previous = torch.cat([mask.new_zeros(mask.shape[0], 1), mask[:, :-1]], dim=1)  # [B, L] mask shifted right
-    starts = mask & ~previous  # [B, L] first token of each run
-    run = starts.long().cumsum(dim=1) - 1  # [B, L] run number k (−1 before the first run)
-    num_runs = starts.sum(dim=1)  # [B]
+    _, run, num_runs = turn_runs(mask)  # [B, L] run number k of each token, [B] runs per row
     limit = turn_mask.bool().sum(dim=1) if turn_mask is not None else torch.full_like(num_runs, turn_adv.shape[1])
     bad = (num_runs != limit) if turn_mask is not None else (num_runs > limit)  # [B]
     if bad.any():
@@ -410,15 +339,3 @@ def to_token_level(turn_adv: torch.Tensor, response_mask: torch.Tensor,
         return torch.zeros(mask.shape, dtype=turn_adv.dtype, device=turn_adv.device)
     values = turn_adv.gather(1, run.clamp(min=0))  # [B, L] turn_adv[i, k(l)]
     return values * mask.to(turn_adv.dtype)
-
-
-def _to_token_level_loop(turn_adv: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(response_mask.shape, dtype=turn_adv.dtype)
-    for i in range(response_mask.shape[0]):
-        k, inside = -1, False
-        for pos in range(response_mask.shape[1]):
-            if response_mask[i, pos]:
-                k += 0 if inside else 1
-                out[i, pos] = turn_adv[i, k]
-            inside = bool(response_mask[i, pos])
-    return out

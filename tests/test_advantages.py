@@ -11,11 +11,6 @@ import torch
 
 from deltabelief import advantages
 from deltabelief.advantages import (
-    _gigpo_loop,
-    _grpo_loop,
-    _rloo_loop,
-    _to_token_level_loop,
-    _turn_grpo_loop,
     get_estimator,
     gigpo,
     grpo,
@@ -25,6 +20,7 @@ from deltabelief.advantages import (
     turn_grpo,
 )
 from deltabelief.config import EstimatorConfig
+from estimator_oracles import _gigpo_loop, _grpo_loop, _rloo_loop, _to_token_level_loop, _turn_grpo_loop
 
 EPS = 1e-6
 # Group 7: three rollouts; rollout 1 finished after one turn (its 100.0 must be ignored).

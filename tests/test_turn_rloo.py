@@ -10,7 +10,8 @@ import random
 import pytest
 import torch
 
-from deltabelief.advantages import _turn_rloo_loop, get_estimator, turn_rloo
+from deltabelief.advantages import get_estimator, turn_rloo
+from estimator_oracles import _turn_rloo_loop
 
 # Group 7: three rollouts, rollout 1 stopped after one turn. Group 3: one rollout.
 R = torch.tensor([[1.0, 2.0], [3.0, 100.0], [5.0, 4.0], [7.0, -1.0]])

@@ -49,6 +49,7 @@ from deltabelief.advantages import get_estimator
 from deltabelief.belief import delta_beliefs, score_beliefs
 from deltabelief.config import Config, ConfigError, config_to_dict
 from deltabelief.information import exact_knowledge_base
+from deltabelief.policy.chat import pad_id
 from deltabelief.rewards import step_rewards
 from deltabelief.threads import ThreadFitter
 from deltabelief.training import metrics as M
@@ -140,20 +141,6 @@ def sampling_logprobs(traj: Trajectory) -> list[float]:
                              "does not hold the sampled token ids and their log-probs")
         row[start:end] = list(turn.logprobs)
     return row
-
-
-def history_states(trajectories: Sequence[Trajectory]) -> list[list[frozenset]]:
-    """GiGPO states without a knowledge base: the set of (move, answer) pairs before each move."""
-    from deltabelief.games.twenty_questions import normalize_move
-
-    states = []
-    for traj in trajectories:
-        seen, row = [], []
-        for turn in traj.turns:
-            row.append(frozenset(seen))
-            seen.append((normalize_move(turn.move), turn.status))
-        states.append(row)
-    return states
 
 
 @dataclass
@@ -297,7 +284,7 @@ class RLTrainer:
             self.policy, self.game, self.judge, targets, c.train.rollouts_per_target,
             seed=derive_seed(c.train.seed, step, 2), progress=False)
         seconds["rollout"], tick = time.perf_counter() - tick, time.perf_counter()
-        turn_adv, score_metrics = self.score(trajectories, seconds)
+        turn_adv, score_metrics = self.beliefs_to_advantages(trajectories, seconds)
         tick = time.perf_counter()
         batch = self.make_batch(trajectories, turn_adv)
         old_gap = self.prepare_old_logprobs(batch)
@@ -315,7 +302,7 @@ class RLTrainer:
             **M.perf_metrics(seconds, rollout_stats.policy_tokens, trained), "perf/threads": float(threads),
         }
 
-    def score(self, trajectories: list[Trajectory],
+    def beliefs_to_advantages(self, trajectories: list[Trajectory],
               seconds: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Beliefs -> ΔBelief -> rewards -> advantages. Returns ([B, T] turn advantages, metrics);
         the time spent on belief scoring and on the rest goes to ``seconds`` (belief, reward_adv)."""
@@ -331,7 +318,7 @@ class RLTrainer:
                                reward=c.reward, unanswerable_as_invalid=c.judge.unanswerable_as_invalid,
                                estimator_level=self.estimator.level).total()  # [B, T]
         options = {name: getattr(c.estimator, name) for name in self.estimator.options}
-        states = self.step_states(trajectories) if self.estimator.name == "gigpo" else None
+        states = self.step_states(trajectories) if self.estimator.needs_step_states else None
         group_ids = torch.tensor([t.group_id for t in trajectories])  # [B]
         turn_adv = self.estimator(rewards, mask, group_ids, step_states=states, **options)  # [B, T]
         metrics = {
@@ -343,10 +330,11 @@ class RLTrainer:
         return turn_adv, metrics
 
     def step_states(self, trajectories: list[Trajectory]) -> list[list]:
-        """GiGPO anchor states: the knowledge base's still-consistent nouns when it has them."""
+        """The state before every move: the knowledge base's still-consistent nouns when the judge
+        has them, else the game's own state of each move (:meth:`Game.step_states`)."""
         kb = getattr(self.judge, "kb", None)
         if kb is None or not hasattr(kb, "consistent"):
-            return history_states(trajectories)
+            return [self.game.step_states([(x.move, x.status) for x in traj.turns]) for traj in trajectories]
         return [[frozenset(kb.consistent([(x.move, x.status) for x in traj.turns[:t]])) for t in range(traj.num_turns)]
                 for traj in trajectories]
 
@@ -385,8 +373,7 @@ class RLTrainer:
 
     @property
     def _pad_id(self) -> int:
-        tokenizer = self.policy.tokenizer
-        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return pad_id(self.policy.tokenizer)
 
     def update(self, batch: Batch, step: int) -> tuple[list[PPOStats], list[float]]:
         """PPO epochs x mini-batches, one optimizer step per mini-batch; the scheduler steps once."""

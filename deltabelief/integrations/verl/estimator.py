@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
-from deltabelief.advantages import get_estimator, to_token_level
+from deltabelief.advantages import get_estimator, to_token_level, turn_runs
 from deltabelief.config import EstimatorConfig
 from deltabelief.integrations.verl.config_gen import ESTIMATOR_PREFIX, VERL_ESTIMATORS
 
@@ -51,24 +51,6 @@ def use_estimator_options(options: EstimatorConfig) -> None:
     _options = options
 
 
-def turn_boundaries(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where each turn's policy tokens end.
-
-    Args:
-        response_mask: [B, L], 1 on policy tokens (one contiguous run per turn).
-    Returns:
-        ``(ends, run, num_turns)``: ends [B, L] bool, True on the last token of each run;
-        run [B, L] long, the turn index k of every token (−1 before the first run);
-        num_turns [B] long.
-    """
-    mask = response_mask.bool()  # [B, L]
-    before = torch.cat([mask.new_zeros(mask.shape[0], 1), mask[:, :-1]], dim=1)  # [B, L] shifted right
-    after = torch.cat([mask[:, 1:], mask.new_zeros(mask.shape[0], 1)], dim=1)  # [B, L] shifted left
-    starts = mask & ~before  # [B, L] first token of a run
-    run = starts.long().cumsum(dim=1) - 1  # [B, L] k-th run
-    return mask & ~after, run, starts.sum(dim=1)
-
-
 def decode_turn_rewards(token_level_rewards: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-turn rewards from their token-level encoding.
 
@@ -85,7 +67,7 @@ def decode_turn_rewards(token_level_rewards: torch.Tensor, response_mask: torch.
     if token_level_rewards.shape != response_mask.shape or token_level_rewards.dim() != 2:
         raise ValueError(f"token_level_rewards {tuple(token_level_rewards.shape)} and response_mask "
                          f"{tuple(response_mask.shape)} must both be [B, L]")
-    ends, run, num_turns = turn_boundaries(response_mask)
+    ends, run, num_turns = turn_runs(response_mask)
     stray = (token_level_rewards != 0) & ~ends  # [B, L]
     if stray.any():
         row, col = (int(v) for v in stray.nonzero()[0])

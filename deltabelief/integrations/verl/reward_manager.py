@@ -33,10 +33,9 @@ from verl.protocol import DataProto
 from verl.workers.reward_manager import register
 from verl.workers.reward_manager.abstract import AbstractRewardManager
 
-from deltabelief.advantages import get_estimator
+from deltabelief.advantages import get_estimator, turn_runs
 from deltabelief.belief import delta_beliefs
 from deltabelief.config import RewardConfig
-from deltabelief.integrations.verl.estimator import turn_boundaries
 from deltabelief.rewards import step_rewards
 from deltabelief.training.metrics import belief_metrics, reward_metrics
 
@@ -58,7 +57,7 @@ def place_turn_rewards(turn_rewards: torch.Tensor, response_mask: torch.Tensor) 
     Raises:
         ValueError: a row has more runs than ``turn_rewards`` has columns.
     """
-    ends, run, num_turns = turn_boundaries(response_mask)  # [B, L], [B, L], [B]
+    ends, run, num_turns = turn_runs(response_mask)  # [B, L], [B, L], [B]
     too_many = num_turns > turn_rewards.shape[1]  # [B]
     if too_many.any():
         row = int(too_many.nonzero()[0])
@@ -105,7 +104,7 @@ class DeltaBeliefRewardManager(AbstractRewardManager):
     def __call__(self, data: DataProto, return_dict: bool = False) -> torch.Tensor | dict[str, Any]:
         """[B, L] token-level rewards; with ``return_dict`` also ``reward_extra_info`` and ``metrics``."""
         response_mask = data.batch["response_mask"]  # [B, L]
-        _, _, num_turns = turn_boundaries(response_mask)  # [B]
+        _, _, num_turns = turn_runs(response_mask)  # [B]
         statuses = _statuses(data, num_turns)
         width = int(num_turns.max()) if len(num_turns) else 0
         turn_mask = torch.arange(width)[None, :] < num_turns[:, None]  # [B, T]
