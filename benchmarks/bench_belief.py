@@ -42,7 +42,7 @@ import numpy as np
 from verl.protocol import DataProto
 
 from deltabelief.belief import build_elicitation, score_beliefs, score_beliefs_per_prefix, turn_ends
-from deltabelief.integrations.verl.belief import score_beliefs as score_beliefs_verl
+from deltabelief.integrations.verl.belief import score_batch_beliefs as score_beliefs_verl
 from deltabelief.integrations.verl.packed_belief import layout_tokens, score_beliefs_packed, score_payload
 from deltabelief.policy.chat import encode, observation_ids, prompt_ids
 from deltabelief.policy.loading import load_causal_lm

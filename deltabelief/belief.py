@@ -40,6 +40,7 @@ from typing import Iterator, Literal, Sequence
 
 import torch
 
+from deltabelief.policy.chat import pad_id
 from deltabelief.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -373,12 +374,12 @@ def score_beliefs(
     elicitations, excluded, mismatches = _elicitations(tokenizer, trajectories, template, on_unlocatable)
     packs = {i: _pack(t, e) for i, (t, e) in enumerate(zip(trajectories, elicitations)) if e is not None}
     order = sorted(packs, key=lambda i: len(packs[i].ids), reverse=True)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     rows: dict[int, torch.Tensor] = {}
     with _eval_mode(model):
         for first in range(0, len(order), batch_size):
             chunk = order[first : first + batch_size]
-            for index, values in zip(chunk, score_packed_rows(model, [packs[i] for i in chunk], pad_id)):
+            for index, values in zip(chunk, score_packed_rows(model, [packs[i] for i in chunk], pad)):
                 rows[index] = values
     return _assemble(trajectories, rows, elicitations, excluded, mismatches)
 

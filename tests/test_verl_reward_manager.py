@@ -19,7 +19,7 @@ from verl.workers.reward_manager import get_reward_manager_cls
 
 from deltabelief.belief import delta_beliefs, score_beliefs_per_prefix
 from deltabelief.config import RewardConfig
-from deltabelief.integrations.verl.belief import score_beliefs
+from deltabelief.integrations.verl.belief import score_batch_beliefs
 from deltabelief.integrations.verl.packed_belief import score_payload
 from deltabelief.integrations.verl.reward_manager import (
     BELIEF_KEY, BELIEF_MASK_KEY, DeltaBeliefRewardManager, place_turn_rewards,
@@ -228,7 +228,7 @@ def test_estimator_accepts_the_hooked_rewards(hooked):
 def test_belief_scoring_in_chunks_gives_the_same_table(hooked):
     trainer, _, tokenizer, batch, *_ = hooked
     calls_before = len(trainer.actor_rollout_wg.num_rows)
-    log_beliefs, mask = score_beliefs(batch, tokenizer, "Is it '{target}'?", trainer._actor_log_probs, chunk_size=3)
+    log_beliefs, mask = score_batch_beliefs(batch, tokenizer, "Is it '{target}'?", trainer._actor_log_probs, chunk_size=3)
     torch.testing.assert_close(log_beliefs, trainer.last_beliefs[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(mask, trainer.last_beliefs[1])
     assert trainer.actor_rollout_wg.num_rows[calls_before:] == [4, 4, 2]  # 3, 3, 2 rows, each padded to even

@@ -107,7 +107,7 @@ def choose_template(per_template: dict[str, dict[str, Any]], templates: Sequence
     return templates[0], FALLBACK
 
 
-def write_json(report: CalibrationReport, path: Path) -> Path:
+def write_report_json(report: CalibrationReport, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False))
     return path
@@ -187,7 +187,7 @@ def plot_reliability(report: CalibrationReport, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_belief_curves(report: CalibrationReport, path: Path) -> Path:
+def plot_template_curves(report: CalibrationReport, path: Path) -> Path:
     """Left: mean log b_t per turn and template (dashed: exact log b*_t). Right: mean
     candidate-normalised p(target) per turn (dashed: exact p*_t)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -219,7 +219,7 @@ def write_report(report: CalibrationReport, out_dir: str | Path) -> CalibrationR
     report.paths = {
         "json": str(out / REPORT_NAME),
         "reliability": str(plot_reliability(report, out / RELIABILITY_NAME)),
-        "belief_curves": str(plot_belief_curves(report, out / CURVES_NAME)),
+        "belief_curves": str(plot_template_curves(report, out / CURVES_NAME)),
     }
-    write_json(report, out / REPORT_NAME)
+    write_report_json(report, out / REPORT_NAME)
     return report

@@ -24,11 +24,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from deltabelief.config import JudgeConfig
 from deltabelief.judges.base import register_judge
 from deltabelief.judges.parsing import build_messages, parse_reply
-from deltabelief.types import JudgeReply, JudgeRequest
+from deltabelief.types import JudgeReply, JudgeRequest, Message
 
 log = logging.getLogger(__name__)
-
-Message = dict[str, str]
 
 
 @dataclass(frozen=True)

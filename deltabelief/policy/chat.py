@@ -21,12 +21,18 @@ the sampled moves (tests check this).
 
 from __future__ import annotations
 
-Message = dict[str, str]
+from deltabelief.types import Message
 
 # A neutral conversation used only to locate template pieces; its text never reaches a model.
 DEFAULT_CONTEXT: tuple[Message, ...] = ({"role": "user", "content": "Hello."},)
 # Placeholder assistant content used to find where an assistant message's content ends.
 _PROBE_MOVE = "Is it a probe?"
+
+
+def pad_id(tokenizer) -> int:
+    """The id that fills right-padding: the tokenizer's pad token, else 0 (padded positions are
+    masked out, so any id serves)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 class ChatTemplateError(ValueError):

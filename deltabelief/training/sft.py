@@ -37,16 +37,15 @@ import torch
 from tqdm.auto import tqdm
 
 from deltabelief.config import Config, OptimConfig, SFTConfig
-from deltabelief.policy.chat import ChatTemplateError, encode, render
+from deltabelief.policy.chat import ChatTemplateError, encode, pad_id, render
 from deltabelief.threads import ThreadFitter
 from deltabelief.training.data_parallel import DataParallel
 from deltabelief.training.logprobs import right_pad, token_logprobs
 from deltabelief.training.optim import build_optimizer
 from deltabelief.training.prefix_tree import collate_rows, pack_prefix_trees, tree_nll_sum
+from deltabelief.types import Message
 
 log = logging.getLogger(__name__)
-
-Message = dict[str, str]
 
 
 @dataclass
@@ -225,7 +224,7 @@ def train_sft(
         log.warning("%d of %d conversations truncated to sft.max_length=%d", num_truncated, len(examples), sft.max_length)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, optim, lr=sft.lr)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     micro = sft.micro_batch_size or sft.batch_size
     epochs = [_epoch_batches(examples, sft, epoch) for epoch in range(sft.epochs)]
     num_trained = _trained_tokens(examples)
@@ -245,9 +244,9 @@ def train_sft(
             # ranks hold different numbers of trained tokens: divide by the whole batch's count
             (total,) = parallel.sum([_trained_tokens(shard)])
             if sft.packing == "prefix_tree":
-                loss = _tree_batch_loss(model, shard, sft.max_row_tokens, pad_id, total)
+                loss = _tree_batch_loss(model, shard, sft.max_row_tokens, pad, total)
             else:
-                loss = _batch_loss(model, shard, micro, pad_id, total)
+                loss = _batch_loss(model, shard, micro, pad, total)
             parallel.sum_gradients(params)
             (loss,) = parallel.sum([loss])
             grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)

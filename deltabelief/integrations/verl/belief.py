@@ -36,6 +36,7 @@ from verl.protocol import DataProto
 from verl.utils.model import compute_position_id_with_mask
 
 from deltabelief.belief import Elicitation, UnlocatableTargetError, build_elicitation
+from deltabelief.policy.chat import pad_id
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def history(batch: DataProto, row: int) -> tuple[list[int], list[int]]:
     return prompt, response
 
 
-def turn_ends(batch: DataProto, row: int, response_length: int) -> list[int]:
+def recorded_turn_ends(batch: DataProto, row: int, response_length: int) -> list[int]:
     """[e_0 … e_N] of rollout ``row`` in response coordinates, checked increasing and in range."""
     ends = [int(e) for e in batch.non_tensor_batch[TURN_ENDS_KEY][row]]
     if not ends or ends[0] != 0:
@@ -135,7 +136,7 @@ def plan_elicitations(
     width = 1
     for row, elicitation in enumerate(elicitations):
         _, response = history(batch, row)
-        ends = turn_ends(batch, row, len(response))
+        ends = recorded_turn_ends(batch, row, len(response))
         width = max(width, len(ends))
         if elicitation is None:
             excluded.append(row)
@@ -207,7 +208,7 @@ def belief_table(values: torch.Tensor, plan: ElicitationPlan) -> tuple[torch.Ten
     return table, mask
 
 
-def score_beliefs(
+def score_batch_beliefs(
     batch: DataProto, tokenizer, template: str, compute_log_probs: Callable[[DataProto], torch.Tensor], *,
     chunk_size: int = 4096, on_unlocatable: Literal["raise", "exclude"] = "raise",
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,10 +226,10 @@ def score_beliefs(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     plan = plan_elicitations(batch, tokenizer, template, on_unlocatable=on_unlocatable)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     values = []
     for start in range(0, len(plan), chunk_size):
-        rows = elicitation_rows(batch, plan, range(start, min(start + chunk_size, len(plan))), pad_id)
+        rows = elicitation_rows(batch, plan, range(start, min(start + chunk_size, len(plan))), pad)
         values.append(target_log_probs(compute_log_probs(rows).cpu(), rows))  # [m]
     flat = torch.cat(values) if values else torch.zeros(0)
     return belief_table(flat, plan)

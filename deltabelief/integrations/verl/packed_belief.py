@@ -29,7 +29,8 @@ import torch
 from verl.protocol import DataProto
 
 from deltabelief.belief import packed_length, per_prefix_length, pack_prefixes, score_packed_rows
-from deltabelief.integrations.verl.belief import rollout_elicitations, history, turn_ends
+from deltabelief.integrations.verl.belief import history, recorded_turn_ends, rollout_elicitations
+from deltabelief.policy.chat import pad_id
 
 HISTORY_KEY = "db_packed_history"
 """non-tensor [B] int64 arrays: h_N = the prompt and the response up to the last turn's end."""
@@ -77,7 +78,7 @@ def packed_payload(batch: DataProto, tokenizer, template: str, *, micro_batch_si
     width = 1
     for row, elicitation in enumerate(elicitations):
         prompt, response = history(batch, row)
-        ends = turn_ends(batch, row, len(response))  # response coordinates, e_0 = 0
+        ends = recorded_turn_ends(batch, row, len(response))  # response coordinates, e_0 = 0
         width = max(width, len(ends))
         if elicitation is None:
             excluded.append(row)
@@ -88,12 +89,12 @@ def packed_payload(batch: DataProto, tokenizer, template: str, *, micro_batch_si
         chosen.append(elicitation)
     if not rows:
         return PackedPlan(None, (len(elicitations), width), excluded)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     payload = DataProto.from_dict(
         tensors={ROW_KEY: torch.tensor(rows, dtype=torch.long)},
         non_tensors={HISTORY_KEY: _objects(histories), ENDS_KEY: _objects(ends_list),
                      ELICITATION_KEY: _objects(chosen)},
-        meta_info={"belief_width": width, "pad_id": pad_id, "micro_batch_size": micro_batch_size},
+        meta_info={"belief_width": width, "pad_id": pad, "micro_batch_size": micro_batch_size},
     )
     return PackedPlan(payload, (len(elicitations), width), excluded)
 
@@ -179,7 +180,7 @@ def layout_tokens(batch: DataProto, tokenizer, template: str) -> dict[str, int]:
         counts["trajectory"] += len(prompt) + len(response)
         if elicitation is None:
             continue
-        ends = [len(prompt) + end for end in turn_ends(batch, row, len(response))]
+        ends = [len(prompt) + end for end in recorded_turn_ends(batch, row, len(response))]
         counts["packed"] += packed_length(ends, len(elicitation.ids))
         counts["per_prefix"] += per_prefix_length(ends, len(elicitation.ids))
     return counts

@@ -40,7 +40,7 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 from deltabelief.config import Config
 from deltabelief.games.base import build_game
 from deltabelief.integrations.verl import agent_loop as _agent_loop  # noqa: F401  (registers the loop)
-from deltabelief.integrations.verl.belief import TURN_ENDS_KEY, score_beliefs
+from deltabelief.integrations.verl.belief import TURN_ENDS_KEY, score_batch_beliefs
 from deltabelief.integrations.verl.packed_belief import layout_tokens, score_beliefs_packed
 from deltabelief.integrations.verl.config_gen import (
     AGENT_LOOP_NAME, CONFIG_SECTION, check_composed_config, compose_verl_config, config_from_section,
@@ -103,7 +103,7 @@ class DeltaBeliefTrainer(RayPPOTrainer):
         tokens = layout_tokens(batch, self.tokenizer, template)
         cost = {"belief/tokens_per_trajectory_token": tokens[layout] / max(tokens["trajectory"], 1)}
         if layout == "per_prefix":
-            log_beliefs, mask = score_beliefs(
+            log_beliefs, mask = score_batch_beliefs(
                 batch, self.tokenizer, template, self._actor_log_probs,
                 chunk_size=settings.cluster.belief_chunk_size, on_unlocatable=settings.belief.on_unlocatable)
             return log_beliefs, mask, cost
