@@ -127,7 +127,8 @@ class JudgeConfig:
     temperature: float = 0.7
     max_tokens: int = 256
     unanswerable_as_invalid: bool = True
-    """Penalise 'unanswerable' like 'invalid' in rewards."""
+    """True: an 'unanswerable' move costs ``reward.invalid_penalty`` and ``reward.unanswerable_penalty``
+    is not used (setting it is refused); False: it costs ``reward.unanswerable_penalty``."""
     seed: int = 0
     """Sampling seed of the 'local' judge: the same seed and the same calls give the same answers."""
     batch_size: int = 16
@@ -176,6 +177,7 @@ class RewardConfig:
     invalid_penalty: float = -5.0
     repeated_penalty: float = -1.0
     unanswerable_penalty: float = -5.0
+    """Cost of an 'unanswerable' move; used only with ``judge.unanswerable_as_invalid: false``."""
     clip_negative_belief: bool = True
     """Use max(ΔBelief, 0) (paper) instead of raw ΔBelief."""
 
@@ -248,7 +250,6 @@ class TrainConfig:
     """G: rollouts of one target form a group (paper: 16)."""
     seed: int = 0
     checkpoint_every: int = 5
-    output_dir: str = "outputs"
     keep_checkpoints: int = 2
     """Newest checkpoints kept on disk (0: all)."""
     num_logged_samples: int = 4
@@ -343,7 +344,6 @@ class ClusterConfig:
     gpus_per_node: int = 8
     accelerator: str = "nvidia-h100"
     judge_model: str = "Qwen/Qwen3-14B"
-    judge_gpus: int = 2
     rollout_tensor_parallel: int = 1
     gpu_memory_utilization: float = 0.6
     max_prompt_tokens: int = 1024
@@ -458,7 +458,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "answer_max_new_tokens": COUNT, "policy_server_timeout_s": POSITIVE,
     },
     ClusterConfig: {
-        "num_nodes": COUNT, "gpus_per_node": COUNT, "judge_gpus": NON_NEGATIVE, "rollout_tensor_parallel": COUNT,
+        "num_nodes": COUNT, "gpus_per_node": COUNT, "rollout_tensor_parallel": COUNT,
         "gpu_memory_utilization": NUCLEUS, "max_prompt_tokens": COUNT, "observation_token_reserve": NON_NEGATIVE,
         "belief_chunk_size": COUNT, "agent_loop_workers": COUNT,
     },
@@ -490,6 +490,10 @@ def check_ranges(config: Config) -> Config:
                         f"game.min_question_chars = {game.min_question_chars}")
     if config.policy.backend == "openai" and not config.policy.base_url:
         problems.append("policy.backend = 'openai' needs policy.base_url (e.g. http://127.0.0.1:8000/v1)")
+    if config.judge.unanswerable_as_invalid and config.reward.unanswerable_penalty != RewardConfig.unanswerable_penalty:
+        problems.append(f"reward.unanswerable_penalty = {config.reward.unanswerable_penalty} is not used while "
+                        "judge.unanswerable_as_invalid is true ('unanswerable' costs reward.invalid_penalty); "
+                        "set judge.unanswerable_as_invalid=false to use it")
     if problems:
         raise ConfigError("value(s) out of range: " + "; ".join(problems))
     return config
@@ -520,14 +524,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             if option is type(None) and value is None:
                 return None
             try:
                 return _coerce(value, option, where)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue  # the next option may fit; the error below names them all
         raise ConfigError(f"{where}: {value!r} fits none of {typing.get_args(tp)}")
     if tp is float:
         if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):

@@ -2,8 +2,7 @@
 
 Each stage opens a nested MLflow run under the pipeline's parent run, calls the
 library, logs what it made and returns plain paths and values. The Flyte tasks
-in ``tasks/`` are thin wrappers around these, so the whole pipeline also runs
-from Python (``run_pipeline``) with the same behaviour.
+in ``tasks/`` are thin wrappers around these; the workflows in ``workflows/`` chain them.
 """
 
 from __future__ import annotations
@@ -129,13 +128,6 @@ def record_synthesis(targets: Path, trajectories: Path | None, report: Path, ctx
         ctx.parent().set_tags(tags)
 
     _run_stage(ctx, "synthesize", body)
-
-
-def synthesize_stage(config: Config, out_dir: Path, ctx: RunContext) -> tuple[Path, Path | None]:
-    """Synthesize and record in one go (the in-process pipeline)."""
-    result = synthesize_data(config, out_dir)
-    record_synthesis(result.targets_path, result.trajectories_path, result.report_path, ctx)
-    return result.targets_path, result.trajectories_path
 
 
 def validate_stage(kind: str, path: Path, ctx: RunContext) -> Path:
@@ -372,26 +364,3 @@ def _download_model(uri: str, source: str, dest: Path) -> Path:
     components["model"].save_pretrained(dest)
     components["tokenizer"].save_pretrained(dest)
     return dest
-
-
-# ---------------------------------------------------------------- without Flyte
-
-
-def run_pipeline(config: Config, work_dir: Path) -> dict:
-    """Every stage in order, in-process (the Flyte workflow runs the same stages as tasks)."""
-    ctx = start_pipeline(config)
-    try:
-        targets, trajectories = synthesize_stage(config, work_dir / "data", ctx)
-        validate_stage("targets", targets, ctx)
-        validate_stage("trajectories", trajectories, ctx)
-        model = warm_start_stage(config, trajectories, work_dir / "sft", ctx)
-        template, excluded = calibrate_stage(config, model, trajectories, work_dir / "calibration", ctx)
-        trained = train_stage(config, model, targets, template, excluded, work_dir / "rl", ctx)
-        summary = evaluate_stage(config, trained, work_dir / "eval", ctx)
-        version = register_stage(config, trained, summary, ctx)
-        decision = promote_stage(config, version, summary, ctx, work_dir / "promote")
-    except BaseException:
-        finish_pipeline(ctx, "FAILED")
-        raise
-    finish_pipeline(ctx)
-    return {"run_id": ctx.parent_run_id, "version": version, "decision": decision, "metrics": summary.metrics}

@@ -279,7 +279,7 @@ def stored_target_scores(uri: str, name: str, version: str, *, gate_metric: str,
     if file not in {Path(a.path).name for a in client.list_artifacts(run_id, folder)}:
         return None
     try:
-        local = client.download_artifacts(run_id, artifact, str(temp_dir("gate-scores-")))
+        local = client.download_artifacts(run_id, artifact, tempfile.mkdtemp(prefix="gate-scores-"))
     except MlflowException as err:
         raise RuntimeError(f"could not read the gate scores of {name} v{version} ({artifact})") from err
     record = json.loads(Path(local).read_text())
@@ -357,7 +357,3 @@ def write_json(data: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
-
-
-def temp_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))

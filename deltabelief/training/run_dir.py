@@ -31,8 +31,7 @@ RUN_ARTIFACTS = ("checkpoints", "model", "metrics.jsonl")
 """What a run writes besides run.json; finding one of them without run.json means an unknown run."""
 IDENTITY_SECTIONS = ("policy", "game", "judge", "belief", "reward", "estimator", "ppo", "optim", "train")
 NOT_IDENTITY = frozenset(
-    {"train.num_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.num_logged_samples",
-     "train.output_dir"}
+    {"train.num_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.num_logged_samples"}
 )
 
 
