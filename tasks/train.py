@@ -2,35 +2,33 @@
 
 ``train`` runs the single-machine trainer (``train.backend: torch``) on the Ray that the
 Flyte Ray plugin starts (locally: a Ray on this machine). ``train_gpu`` is the same stage
-on a KubeRay cluster sized from a GPU preset's ``cluster`` section (``DELTABELIEF_GPU_PRESET``,
-default qwen3-1.7b) and runs verl when the config says ``train.backend: verl``.
+on a KubeRay cluster sized by :func:`tasks.resources.gpu_cluster` (the ``cluster`` section of
+``$DELTABELIEF_GPU_PRESET``, else the defaults) and runs verl when the config says ``train.backend: verl``.
 """
 
 from __future__ import annotations
 
-import os
-
 import flytekit
-from flytekit import Resources, task
+from flytekit import task
 from flytekit.extras.accelerators import GPUAccelerator
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.file import FlyteFile
 from flytekitplugins.ray import HeadNodeConfig, RayJobConfig, WorkerNodeConfig
 
-from deltabelief.config import ClusterConfig, Config, load_config
+from deltabelief.config import ClusterConfig, Config
 from deltabelief.pipeline import RunContext, train_stage, train_stage_with_threads
 from deltabelief.shared_storage import shared_run_dir, stage_run
 from images import cpu_image, gpu_image
 from tasks.calibrate import Calibration
 from tasks.common import scratch
-from tasks.resources import CPU_MODEL, GPU_WORKER_CPU, GPU_WORKER_MEM, RAY_HEAD
+from tasks.resources import CPU_MODEL, RAY_HEAD, gpu_cluster, gpu_head, gpu_worker
 
-GPU_CLUSTER: ClusterConfig = load_config(os.environ.get("DELTABELIEF_GPU_PRESET", "qwen3-1.7b")).cluster
+GPU_CLUSTER: ClusterConfig = gpu_cluster()
 
 
 def gpu_ray_config(cluster: ClusterConfig) -> RayJobConfig:
     """A head node and one GPU worker group with ``num_nodes`` replicas of ``gpus_per_node`` GPUs."""
-    worker = Resources(cpu=GPU_WORKER_CPU, mem=GPU_WORKER_MEM, gpu=str(cluster.gpus_per_node))
+    worker = gpu_worker(cluster)
     return RayJobConfig(
         head_node_config=HeadNodeConfig(requests=RAY_HEAD, limits=RAY_HEAD),
         worker_node_config=[
@@ -77,7 +75,7 @@ def train(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration
 @task(
     task_config=gpu_ray_config(GPU_CLUSTER),
     container_image=gpu_image,
-    requests=Resources(cpu="8", mem="64Gi", gpu=str(GPU_CLUSTER.gpus_per_node)),
+    requests=gpu_head(GPU_CLUSTER),
     accelerator=GPUAccelerator(GPU_CLUSTER.accelerator),
 )
 def train_gpu(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration: Calibration,

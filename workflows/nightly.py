@@ -12,14 +12,12 @@ from typing import List
 
 from flytekit import workflow
 
-from tasks.calibrate import calibrate
-from tasks.evaluate import evaluate
 from tasks.nightly import draw_targets, retrain_config, start_nightly_run, starting_model
-from tasks.registry import promote, register
 from tasks.setup import finish_run, resolve_config
 from tasks.synthesize import synthesize
 from tasks.train import train
 from tasks.validate import validate
+from workflows.chain import train_and_gate
 from workflows.pipeline import DEFAULT_PRESET
 
 
@@ -39,11 +37,7 @@ def nightly_retrain_pipeline(
     run = start_nightly_run(config=cfg, kickoff_time=kickoff_time)
     datasets = validate(datasets=synthesize(config=base), run=run)  # the seed-independent data: a cache hit
     start = starting_model(config=cfg, datasets=datasets, run=run)
-    calibration = calibrate(config=cfg, model=start, datasets=datasets, run=run)
     targets = draw_targets(config=cfg, datasets=datasets, run=run)
-    model = train(config=cfg, model=start, targets=targets, calibration=calibration, run=run)
-    summary = evaluate(config=cfg, model=model, run=run)
-    version = register(config=cfg, model=model, summary=summary, run=run)
-    decision = promote(config=cfg, version=version, summary=summary, run=run)
+    _, decision = train_and_gate(cfg, run, datasets, start, targets, train_task=train)
     finish_run(run=run, decision=decision)
     return decision

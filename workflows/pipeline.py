@@ -12,15 +12,10 @@ from flytekit import workflow
 from flytekit.types.directory import FlyteDirectory
 
 from deltabelief.pipeline import EvalSummary
-from tasks.calibrate import calibrate
-from tasks.compare import compare_to_warm_start
 from tasks.evaluate import evaluate
-from tasks.registry import promote, register
 from tasks.setup import finish_run, resolve_config, start_run
-from tasks.synthesize import synthesize
 from tasks.train import train, train_gpu
-from tasks.validate import validate
-from tasks.warm_start import warm_start
+from workflows.chain import delta_belief_chain, register_and_promote
 
 DEFAULT_PRESET = "configs/cpu.yaml"
 
@@ -34,22 +29,11 @@ def delta_belief_pipeline(
 
     Args:
         config: path of a YAML preset (configs/tiny.yaml, configs/cpu.yaml, ...).
-        estimator: credit assignment (turn_grpo, grpo, rloo, gigpo); empty keeps the preset's.
+        estimator: credit assignment (turn_grpo, grpo, rloo, gigpo, turn_rloo); empty keeps the preset's.
         num_steps: RL steps; 0 keeps the preset's.
         overrides: more 'section.key=value' overrides, checked against the typed config.
     """
-    cfg = resolve_config(config=config, estimator=estimator, num_steps=num_steps, overrides=overrides)
-    run = start_run(config=cfg)
-    datasets = validate(datasets=synthesize(config=cfg), run=run)
-    sft_model = warm_start(config=cfg, datasets=datasets, run=run)
-    calibration = calibrate(config=cfg, model=sft_model, datasets=datasets, run=run)
-    model = train(config=cfg, model=sft_model, targets=datasets.targets, calibration=calibration, run=run)
-    summary = evaluate(config=cfg, model=model, run=run)
-    gain = compare_to_warm_start(config=cfg, baseline=sft_model, summary=summary, run=run)
-    version = register(config=cfg, model=model, summary=summary, run=run)
-    decision = promote(config=cfg, version=version, summary=summary, run=run)
-    gain >> finish_run(run=run, decision=decision)
-    return decision
+    return delta_belief_chain(config, estimator, num_steps, overrides, train_task=train)
 
 
 @workflow
@@ -57,17 +41,7 @@ def delta_belief_pipeline_gpu(
     config: str = "configs/qwen3-1.7b.yaml", estimator: str = "", num_steps: int = 0, overrides: List[str] = []
 ) -> dict:
     """The same pipeline with training on a GPU Ray cluster (verl + vLLM for the paper presets)."""
-    cfg = resolve_config(config=config, estimator=estimator, num_steps=num_steps, overrides=overrides)
-    run = start_run(config=cfg)
-    datasets = validate(datasets=synthesize(config=cfg), run=run)
-    sft_model = warm_start(config=cfg, datasets=datasets, run=run)
-    calibration = calibrate(config=cfg, model=sft_model, datasets=datasets, run=run)
-    model = train_gpu(config=cfg, model=sft_model, targets=datasets.targets, calibration=calibration, run=run)
-    summary = evaluate(config=cfg, model=model, run=run)
-    version = register(config=cfg, model=model, summary=summary, run=run)
-    decision = promote(config=cfg, version=version, summary=summary, run=run)
-    finish_run(run=run, decision=decision)
-    return decision
+    return delta_belief_chain(config, estimator, num_steps, overrides, train_task=train_gpu)
 
 
 @workflow
@@ -86,7 +60,6 @@ def promote_model(model: FlyteDirectory, config: str = DEFAULT_PRESET, overrides
     cfg = resolve_config(config=config, estimator="", num_steps=0, overrides=overrides)
     run = start_run(config=cfg)
     summary = evaluate(config=cfg, model=model, run=run)
-    version = register(config=cfg, model=model, summary=summary, run=run)
-    decision = promote(config=cfg, version=version, summary=summary, run=run)
+    decision = register_and_promote(cfg, model, summary, run)
     finish_run(run=run, decision=decision)
     return decision
