@@ -280,7 +280,8 @@ def _collate(packs: list[PackedRow], pad_id: int) -> dict:
 
 
 @contextmanager
-def _eval_mode(model) -> Iterator[None]:
+def eval_mode(model) -> Iterator[None]:
+    """Eval mode without gradients for the block; the model's training flag is restored after."""
     was_training = model.training
     model.eval()
     try:
@@ -376,7 +377,7 @@ def score_beliefs(
     order = sorted(packs, key=lambda i: len(packs[i].ids), reverse=True)
     pad = pad_id(tokenizer)
     rows: dict[int, torch.Tensor] = {}
-    with _eval_mode(model):
+    with eval_mode(model):
         for first in range(0, len(order), batch_size):
             chunk = order[first : first + batch_size]
             for index, values in zip(chunk, score_packed_rows(model, [packs[i] for i in chunk], pad)):
@@ -396,7 +397,7 @@ def score_beliefs_per_prefix(
     elicitations, excluded, mismatches = _elicitations(tokenizer, trajectories, template, on_unlocatable)
     device = _model_device(model)
     rows: dict[int, torch.Tensor] = {}
-    with _eval_mode(model):
+    with eval_mode(model):
         for index, (traj, elicitation) in enumerate(zip(trajectories, elicitations)):
             if elicitation is None:
                 continue

@@ -30,16 +30,15 @@ from __future__ import annotations
 import logging
 import math
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deltabelief.belief import UnlocatableTargetError, build_elicitation, score_beliefs, turn_ends
+from deltabelief.belief import UnlocatableTargetError, build_elicitation, eval_mode, score_beliefs, turn_ends
 from deltabelief.trajectory import PolicyTurn, Trajectory
 from deltabelief.types import Target
 
@@ -226,17 +225,6 @@ class BeliefScorer(Protocol):
         """Per game, [N+1, C] log b_t of each candidate (column 0 is the true target)."""
 
 
-@contextmanager
-def _inference(model) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def tree_attention_mask(segment_start: torch.Tensor, context_end: torch.Tensor, shared_start: torch.Tensor,
                         shared_end: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive mask for one packed row: query i sees keys j with segment_start[i] <= j <= i,
@@ -315,7 +303,7 @@ def score_candidates(model, trajectory: Trajectory, elicitations: Sequence, max_
     dtype = next(model.parameters()).dtype
     out = torch.zeros((num_ends, len(targets)), dtype=torch.float32)  # [N+1, C]
     history = turn_ends(trajectory)[-1]
-    with _inference(model):
+    with eval_mode(model):
         for chunk in _chunks(history, num_ends, len(prefix), [len(t) for t in targets], max_packed_tokens):
             pack = _pack_candidates(trajectory, prefix, [targets[c] for c in chunk])
             as_long = {k: torch.tensor(v, dtype=torch.long) for k, v in pack.items() if k != "read"}  # [L] each

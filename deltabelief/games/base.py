@@ -14,6 +14,7 @@ steps so that judge calls can be batched across many games:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Hashable, Protocol, Sequence
 
@@ -84,6 +85,15 @@ class Game(Protocol):
     def step_states(self, turns: Sequence[tuple[str, str]]) -> list[Hashable]:
         """The state before each of one game's (move, status) turns, for estimators that compare
         moves taken from the same state (GiGPO): equal states mean the same situation."""
+
+
+def names_phrase(text: str, phrase: str, normalize: Callable[[str], str]) -> bool:
+    """True when ``phrase`` occurs in ``text`` as whole words, both normalized by ``normalize``
+    (which must reduce them to words of [a-z0-9] separated by single spaces)."""
+    words = normalize(phrase)
+    if not words:
+        return False
+    return re.search(rf"(?<![a-z0-9]){re.escape(words)}(?![a-z0-9])", normalize(text)) is not None
 
 
 def history_states(turns: Sequence[tuple[str, str]], normalize: Callable[[str], str]) -> list[frozenset]:

@@ -14,7 +14,7 @@ the conversation goes on.
 from __future__ import annotations
 
 from deltabelief.games.base import register_game
-from deltabelief.games.role_play import RolePlayGame, require_field
+from deltabelief.games.role_play import RolePlayGame, require_field, scenario_opening
 from deltabelief.types import Message, Target
 
 NAME = "customer_service"
@@ -54,11 +54,7 @@ class CustomerService(RolePlayGame):
             require_field(target, "scenario", "briefing")
 
     def own_opening_messages(self, target: Target) -> list[Message]:
-        scenario = require_field(target, "scenario", "briefing")
-        return [
-            {"role": "system", "content": SYSTEM_PROMPT.format(scenario=scenario, max_turns=self.max_turns)},
-            {"role": "user", "content": FIRST_PROMPT},
-        ]
+        return scenario_opening(target, SYSTEM_PROMPT, FIRST_PROMPT, self.max_turns)
 
     def judge_instructions(self, target: Target) -> str:
         scenario = target.extra.get("scenario") or target.extra.get("briefing")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 from deltabelief.games.base import GameState, register_game
-from deltabelief.games.role_play import RolePlayGame, fold, require_field
+from deltabelief.games.role_play import RolePlayGame, fold, require_field, scenario_opening
 from deltabelief.types import Message, Target
 
 NAME = "murder_mystery"
@@ -113,11 +113,7 @@ class MurderMystery(RolePlayGame):
             require_field(target, "scenario", "briefing")
 
     def own_opening_messages(self, target: Target) -> list[Message]:
-        scenario = require_field(target, "scenario", "briefing")
-        return [
-            {"role": "system", "content": SYSTEM_PROMPT.format(scenario=scenario, max_turns=self.max_turns)},
-            {"role": "user", "content": FIRST_PROMPT},
-        ]
+        return scenario_opening(target, SYSTEM_PROMPT, FIRST_PROMPT, self.max_turns)
 
     def judge_instructions(self, target: Target) -> str:
         culprit = self.culprit(target)

@@ -28,7 +28,7 @@ import re
 import unicodedata
 from typing import Hashable, Sequence
 
-from deltabelief.games.base import GameState, StepResult, history_states
+from deltabelief.games.base import GameState, StepResult, history_states, names_phrase
 from deltabelief.types import JudgeReply, JudgeRequest, Message, Target
 
 ANSWERED = "answered"
@@ -54,10 +54,7 @@ def fold(text: str) -> str:
 
 def mentions(text: str, phrase: str) -> bool:
     """True when ``phrase`` occurs in ``text`` as whole words (case and accents ignored)."""
-    words = fold(phrase)
-    if not words:
-        return False
-    return re.search(rf"(?<![a-z0-9]){re.escape(words)}(?![a-z0-9])", fold(text)) is not None
+    return names_phrase(text, phrase, fold)
 
 
 def count_questions(move: str) -> int:
@@ -74,6 +71,16 @@ def require_field(target: Target, *keys: str) -> str:
     raise ValueError(
         f"target {target.id!r} (task {target.task!r}): needs a non-empty string in extra{list(keys)}, got {shown}"
     )
+
+
+def scenario_opening(target: Target, system_prompt: str, first_prompt: str, max_turns: int) -> list[Message]:
+    """Opening messages of a game whose target carries a scenario (``extra['scenario']`` or
+    ``['briefing']``): the system prompt with the scenario and the turn budget, then the first prompt."""
+    scenario = require_field(target, "scenario", "briefing")
+    return [
+        {"role": "system", "content": system_prompt.format(scenario=scenario, max_turns=max_turns)},
+        {"role": "user", "content": first_prompt},
+    ]
 
 
 class RolePlayGame:

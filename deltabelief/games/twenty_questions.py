@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Hashable, Sequence
 
-from deltabelief.games.base import GameState, StepResult, history_states, register_game
+from deltabelief.games.base import GameState, StepResult, history_states, names_phrase, register_game
 from deltabelief.types import JudgeReply, JudgeRequest, Message, Target
 
 NAME = "twenty_questions"
@@ -66,10 +66,7 @@ def normalize_move(move: str) -> str:
 
 def names_target(move: str, target: str) -> bool:
     """True when ``target`` appears in ``move`` as a whole word (or whole phrase)."""
-    words = normalize_move(target)
-    if not words:
-        return False
-    return re.search(rf"(?<![a-z0-9]){re.escape(words)}(?![a-z0-9])", normalize_move(move)) is not None
+    return names_phrase(move, target, normalize_move)
 
 
 def is_single_question(move: str) -> bool:
