@@ -1,6 +1,6 @@
 """The layering rules the README states, held by tests: the library never loads flytekit, games
 import neither the policy nor the training, the shared types import nothing of the project, and no
-module or package of ``deltabelief`` imports itself back (lazy imports inside functions count)."""
+module of ``deltabelief`` imports itself back (lazy imports inside functions count)."""
 
 from __future__ import annotations
 
@@ -43,16 +43,12 @@ def imported_modules(path: Path, known: dict[str, Path]) -> set[str]:
     return resolved
 
 
-def import_graph(level: int | None = None) -> dict[str, set[str]]:
-    """Module -> modules it imports; with ``level`` (2 = ``deltabelief.<package>``), between packages."""
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the library modules it imports."""
     known = module_files()
     graph: dict[str, set[str]] = defaultdict(set)
     for name, path in known.items():
-        source = ".".join(name.split(".")[:level]) if level else name
-        for target in imported_modules(path, known):
-            target = ".".join(target.split(".")[:level]) if level else target
-            if target != source:
-                graph[source].add(target)
+        graph[name] |= imported_modules(path, known) - {name}
     return graph
 
 
@@ -90,10 +86,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_imports_itself_back():
     assert cycles(import_graph()) == []
-
-
-def test_no_package_imports_itself_back():
-    assert cycles(import_graph(level=2)) == []
 
 
 def test_shared_types_and_the_registry_import_nothing_of_the_project():

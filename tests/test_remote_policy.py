@@ -122,7 +122,7 @@ def test_the_openai_backend_needs_a_base_url():
 
 
 def test_evaluation_through_a_served_policy_skips_belief_curves_and_says_so(served, tmp_path):
-    from deltabelief.evaluation.suites import evaluate_model
+    from deltabelief.evaluation import evaluate_model
 
     _, url = served
     config = load_config("tiny", [f"policy.base_url={url}", "policy.backend=openai", "eval.num_targets=2",
