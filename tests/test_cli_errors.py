@@ -126,7 +126,7 @@ def _first_checkpoint(out: Path, process: subprocess.Popen, limit_s: float = 600
 
 def test_ctrl_c_in_training_names_the_checkpoint_and_the_resume_command(tmp_path):
     from deltabelief.config import load_config
-    from deltabelief.data.synthesis import synthesize
+    from deltabelief.synthesis import synthesize
 
     config = load_config("tiny", ["data.teacher=none"])
     targets = synthesize(config.data, config.game, tmp_path / "data").targets_path
