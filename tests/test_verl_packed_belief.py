@@ -23,7 +23,7 @@ from verl.single_controller.ray.base import func_generator
 from verl.utils.model import compute_position_id_with_mask
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from deltabelief.integrations.verl.belief import score_beliefs
+from deltabelief.integrations.verl.belief import score_batch_beliefs
 from deltabelief.integrations.verl.belief_worker import DeltaBeliefActorRolloutRefWorker, masked_attention
 from deltabelief.integrations.verl.packed_belief import layout_tokens, packed_payload, score_beliefs_packed
 from deltabelief.integrations.verl.runner import DeltaBeliefTrainer
@@ -219,7 +219,7 @@ def test_an_odd_number_of_rollouts_is_padded_for_the_ranks_and_trimmed(tiny, bat
 def test_packed_verl_path_equals_the_per_prefix_verl_path(tiny, batch, local_object_store):
     model, tokenizer = tiny
     trainer = trainer_with(model, tokenizer, num_ranks=2)
-    per_prefix, per_prefix_mask = score_beliefs(batch, tokenizer, TEMPLATE, trainer._actor_log_probs, chunk_size=5)
+    per_prefix, per_prefix_mask = score_batch_beliefs(batch, tokenizer, TEMPLATE, trainer._actor_log_probs, chunk_size=5)
     packed = score_beliefs_packed(batch, tokenizer, TEMPLATE, trainer._actor_packed_beliefs, micro_batch_size=3)
     methods = [name for name, _ in trainer.actor_rollout_wg.calls]
     assert set(methods) == {"compute_log_prob", "compute_packed_beliefs"}  # both through verl's dispatch
