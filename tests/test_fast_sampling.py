@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from deltabelief.config import LoraConfig, PolicyConfig
-from deltabelief.games.base import Target
 from deltabelief.games.twenty_questions import TwentyQuestions
-from deltabelief.judges.base import JudgeReply, JudgeRequest
 from deltabelief.policy.fast_decoder import FastDecoder
 from deltabelief.policy.fast_sampling import DecodeSession, common_prefix_length
 from deltabelief.policy.kv_slab import KVSlab
@@ -18,6 +16,7 @@ from deltabelief.policy.loading import tiny_causal_lm
 from deltabelief.policy.lora import apply_lora
 from deltabelief.policy.policy import Policy
 from deltabelief.rollout import rollout
+from deltabelief.types import JudgeReply, JudgeRequest, Target
 
 TARGETS = [Target(id=f"t{i}", task="twenty_questions", target=name) for i, name in enumerate(["apple", "bus", "cow"])]
 
