@@ -239,6 +239,10 @@ class SFTConfig:
     prefixes run once (same loss; teacher games share most of their tokens)."""
     max_row_tokens: int = 2048
     """prefix_tree: most tokens in one packed row (one forward); memory grows with its square."""
+    processes: int = 1
+    """Data-parallel processes of the warm start, one per device (torchrun on one node,
+    deltabelief/training/sft_distributed.py); 1 runs it in the calling process. The GPU pipeline
+    gives the warm start this many GPUs."""
 
 
 @dataclass
@@ -445,7 +449,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "warmup_steps": NON_NEGATIVE,
     },
     SFTConfig: {"epochs": COUNT, "lr": POSITIVE, "batch_size": COUNT, "max_length": COUNT, "micro_batch_size": NON_NEGATIVE,
-                "max_row_tokens": COUNT},
+                "max_row_tokens": COUNT, "processes": COUNT},
     TrainConfig: {
         "num_steps": COUNT, "targets_per_step": COUNT, "rollouts_per_target": COUNT, "checkpoint_every": COUNT,
         "keep_checkpoints": NON_NEGATIVE, "num_logged_samples": NON_NEGATIVE,

@@ -149,11 +149,14 @@ def validate_stage(kind: str, path: Path, ctx: RunContext) -> Path:
 
 
 def warm_start_stage(config: Config, trajectories: Path, out_dir: Path, ctx: RunContext) -> Path:
+    """The SFT warm start, in this process or data-parallel on ``sft.processes`` devices (torchrun)."""
     from deltabelief.training.sft import warm_start
+    from deltabelief.training.sft_distributed import launch_warm_start
 
     def body(tracker: Tracker):
         tracker.log_config(config)
-        return warm_start(config, trajectories, out_dir, log_fn=lambda m, step: tracker.log(m, step))
+        run = launch_warm_start if config.sft.processes > 1 else warm_start
+        return run(config, trajectories, out_dir, log_fn=lambda m, step: tracker.log(m, step))
 
     return _run_stage(ctx, "warm_start", body)
 

@@ -2,8 +2,9 @@
 
 ``train`` runs the single-machine trainer (``train.backend: torch``) on the Ray that the
 Flyte Ray plugin starts (locally: a Ray on this machine). ``train_gpu`` is the same stage
-on a KubeRay cluster sized by :func:`tasks.resources.gpu_cluster` (the ``cluster`` section of
-``$DELTABELIEF_GPU_PRESET``, else the defaults) and runs verl when the config says ``train.backend: verl``.
+on a KubeRay cluster and runs verl when the config says ``train.backend: verl``; its decorator
+carries the default cluster shape, and the GPU pipeline resizes it at launch from the preset's
+``cluster`` section (:func:`tasks.resources.gpu_stage_sizes`).
 """
 
 from __future__ import annotations
@@ -21,22 +22,9 @@ from deltabelief.shared_storage import shared_run_dir, stage_run
 from images import cpu_image, gpu_image
 from tasks.calibrate import Calibration
 from tasks.common import scratch
-from tasks.resources import CPU_MODEL, RAY_HEAD, gpu_cluster, gpu_head, gpu_worker
+from tasks.resources import CPU_MODEL, gpu_head, gpu_ray_config
 
-GPU_CLUSTER: ClusterConfig = gpu_cluster()
-
-
-def gpu_ray_config(cluster: ClusterConfig) -> RayJobConfig:
-    """A head node and one GPU worker group with ``num_nodes`` replicas of ``gpus_per_node`` GPUs."""
-    worker = gpu_worker(cluster)
-    return RayJobConfig(
-        head_node_config=HeadNodeConfig(requests=RAY_HEAD, limits=RAY_HEAD),
-        worker_node_config=[
-            WorkerNodeConfig(group_name="gpu", replicas=cluster.num_nodes, requests=worker, limits=worker)
-        ],
-        shutdown_after_job_finishes=True,
-        ttl_seconds_after_finished=600,
-    )
+DEFAULT_CLUSTER = ClusterConfig()
 
 
 CPU_RAY = RayJobConfig(
@@ -73,10 +61,10 @@ def train(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration
 
 
 @task(
-    task_config=gpu_ray_config(GPU_CLUSTER),
+    task_config=gpu_ray_config(DEFAULT_CLUSTER),
     container_image=gpu_image,
-    requests=gpu_head(GPU_CLUSTER),
-    accelerator=GPUAccelerator(GPU_CLUSTER.accelerator),
+    requests=gpu_head(DEFAULT_CLUSTER),
+    accelerator=GPUAccelerator(DEFAULT_CLUSTER.accelerator),
 )
 def train_gpu(config: Config, model: FlyteDirectory, targets: FlyteFile, calibration: Calibration,
               run: RunContext) -> FlyteDirectory:

@@ -48,7 +48,7 @@ def _client(uri):
 def test_tiny_pipeline_end_to_end(ray_session, mlflow_uri):
     from workflows.pipeline import delta_belief_pipeline
 
-    decision = delta_belief_pipeline(config="configs/tiny.yaml")
+    decision = delta_belief_pipeline(config="configs/tiny.yaml", num_steps=2)  # the stages, not the learning
     assert decision["promoted"] and decision["reason"] == "no champion yet"
 
     client = _client(mlflow_uri)
@@ -86,8 +86,8 @@ def test_two_nightly_runs_compound_on_a_tracking_server(ray_session, mlflow_serv
     plans = importlib.reload(plans)
     assert plans.nightly_retrain.schedule.kickoff_time_input_arg == "kickoff_time"
     assert plans.nightly_retrain.fixed_inputs.literals["config"].scalar.primitive.string_value == "configs/tiny.yaml"
-    first = plans.nightly_retrain(kickoff_time=datetime(2025, 1, 1, 2, tzinfo=timezone.utc))
-    second = plans.nightly_retrain(kickoff_time=datetime(2025, 1, 2, 2, tzinfo=timezone.utc))
+    first = plans.nightly_retrain(kickoff_time=datetime(2025, 1, 1, 2, tzinfo=timezone.utc), num_steps=2)
+    second = plans.nightly_retrain(kickoff_time=datetime(2025, 1, 2, 2, tzinfo=timezone.utc), num_steps=2)
 
     client = _client(mlflow_server)
     name = load_config("tiny").tracking.registered_model_name

@@ -108,3 +108,15 @@ def test_entry_point_outside_torchrun_says_how_to_launch(monkeypatch, trajectori
         sft_distributed.main(["--config", "tiny", "--trajectories", str(trajectories), "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
 
+
+
+def test_the_warm_start_stage_launches_torchrun_and_forwards_rank_0s_metrics(tmp_path, trajectories):
+    """sft.processes > 1: the stage's launcher runs the entry point under torchrun (2 CPU processes here)."""
+    config = load_config("tiny", ["sft.processes=2", "sft.epochs=1", "sft.batch_size=4", "policy.device=cpu"])
+    logged = []
+    model_dir = sft_distributed.launch_warm_start(config, trajectories, tmp_path / "sft",
+                                                  log_fn=lambda metrics, step: logged.append((step, metrics)))
+    assert model_dir == tmp_path / "sft" / "model" and (model_dir / "config.json").exists()
+    assert [step for step, _ in logged] == [1, 2]  # 5 games in batches of 4
+    assert all("loss/sft" in metrics for _, metrics in logged)
+

@@ -15,7 +15,6 @@ from flytekit import workflow
 from tasks.nightly import draw_targets, retrain_config, start_nightly_run, starting_model
 from tasks.setup import finish_run, resolve_config
 from tasks.synthesize import synthesize
-from tasks.train import train
 from tasks.validate import validate
 from workflows.chain import train_and_gate
 from workflows.pipeline import DEFAULT_PRESET
@@ -38,6 +37,6 @@ def nightly_retrain_pipeline(
     datasets = validate(datasets=synthesize(config=base), run=run)  # the seed-independent data: a cache hit
     start = starting_model(config=cfg, datasets=datasets, run=run)
     targets = draw_targets(config=cfg, datasets=datasets, run=run)
-    _, decision = train_and_gate(cfg, run, datasets, start, targets, train_task=train)
+    _, decision = train_and_gate(cfg, run, datasets, start, targets)
     finish_run(run=run, decision=decision)
     return decision

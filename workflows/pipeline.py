@@ -14,8 +14,7 @@ from flytekit.types.directory import FlyteDirectory
 from deltabelief.pipeline import EvalSummary
 from tasks.evaluate import evaluate
 from tasks.setup import finish_run, resolve_config, start_run
-from tasks.train import train, train_gpu
-from workflows.chain import delta_belief_chain, register_and_promote
+from workflows.chain import delta_belief_chain, gpu_chain, register_and_promote
 
 DEFAULT_PRESET = "configs/cpu.yaml"
 
@@ -33,15 +32,19 @@ def delta_belief_pipeline(
         num_steps: RL steps; 0 keeps the preset's.
         overrides: more 'section.key=value' overrides, checked against the typed config.
     """
-    return delta_belief_chain(config, estimator, num_steps, overrides, train_task=train)
+    return delta_belief_chain(config, estimator, num_steps, overrides)
 
 
 @workflow
 def delta_belief_pipeline_gpu(
     config: str = "configs/qwen3-1.7b.yaml", estimator: str = "", num_steps: int = 0, overrides: List[str] = []
 ) -> dict:
-    """The same pipeline with training on a GPU Ray cluster (verl + vLLM for the paper presets)."""
-    return delta_belief_chain(config, estimator, num_steps, overrides, train_task=train_gpu)
+    """The same pipeline on GPUs, each model stage sized from the preset given here: the warm start
+    data-parallel on ``sft.processes`` GPUs, calibration on one, training on a Ray cluster of
+    ``cluster.num_nodes`` x ``cluster.gpus_per_node`` (verl + vLLM for the paper presets), evaluation
+    through a vLLM server on ``cluster.rollout_tensor_parallel`` GPUs (``eval.policy_server``)."""
+    cfg = resolve_config(config=config, estimator=estimator, num_steps=num_steps, overrides=overrides)
+    return gpu_chain(cfg=cfg)
 
 
 @workflow

@@ -18,13 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 from deltabelief.threads import passive_openmp
 
 passive_openmp()  # before torch loads (see deltabelief/threads.py)
 
-from deltabelief.config import load_config  # noqa: E402
+from deltabelief.config import Config, config_to_dict, load_config  # noqa: E402
 from deltabelief.training.data_parallel import DataParallel  # noqa: E402
 from deltabelief.training.sft import warm_start  # noqa: E402
 
@@ -44,6 +49,29 @@ class MetricsFile:
     def __call__(self, metrics: dict, step: int) -> None:
         with self.path.open("a") as out:
             out.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def launch_warm_start(config: Config, trajectories: Path, out_dir: Path,
+                      log_fn: Callable[[dict, int], None] | None = None) -> Path:
+    """Run this module under torchrun with ``config.sft.processes`` processes on this node, then
+    hand rank 0's per-step metrics to ``log_fn``; returns the model directory. A failed rank
+    fails the call (torchrun's exit status), naming the command."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preset = out_dir / "config.yaml"
+    preset.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={config.sft.processes}", "-m", __name__,
+               "--config", str(preset), "--trajectories", str(trajectories), "--out", str(out_dir)]
+    log.info("warm start on %d processes: %s", config.sft.processes, " ".join(command))
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise RuntimeError(f"the distributed warm start failed (exit {done.returncode}): {' '.join(command)}")
+    for line in (out_dir / METRICS_FILE).read_text().splitlines():
+        record = json.loads(line)
+        step = record.pop("step")
+        if log_fn is not None:
+            log_fn(record, step)
+    return out_dir / "model"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
