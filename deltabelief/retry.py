@@ -12,6 +12,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def is_retryable_status(status: int) -> bool:
+    """408 (request timeout), 429 (rate limited) and every 5xx may succeed when tried again."""
+    return status in (408, 429) or 500 <= status < 600
+
+
 class Retryable(Exception):
     """One failed attempt that may succeed when tried again (a timeout, a 429 or 5xx, a reset)."""
 

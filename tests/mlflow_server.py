@@ -12,6 +12,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from deltabelief.serving.policy_server import stop_process
+
 STARTUP_SECONDS = 600  # generous: on a busy machine the server takes minutes to import MLflow
 
 
@@ -50,10 +52,5 @@ def running_server(root: Path):
             time.sleep(0.5)
         yield uri
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()

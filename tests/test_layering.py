@@ -1,6 +1,6 @@
 """The layering rules the README states, held by tests: the library never loads flytekit, games
 import neither the policy nor the training, the shared types import nothing of the project, and no
-module of ``deltabelief`` imports itself back (lazy imports inside functions count)."""
+module or subpackage of ``deltabelief`` imports itself back (lazy imports inside functions count)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_imports_itself_back():
     assert cycles(import_graph()) == []
+
+
+def test_no_package_imports_itself_back():
+    """The same at the level of deltabelief's subpackages (policy, serving, judges, ...)."""
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = defaultdict(set)
+    for module, imported in import_graph().items():
+        packages[package(module)] |= {package(m) for m in imported} - {package(module)}
+    assert cycles(packages) == []
 
 
 def test_shared_types_and_the_registry_import_nothing_of_the_project():

@@ -30,17 +30,12 @@ import requests
 from deltabelief.config import JudgeConfig
 from deltabelief.judges.base import register_judge
 from deltabelief.judges.parsing import build_messages, parse_reply
-from deltabelief.retry import RetriesExhausted, Retryable, with_retries
+from deltabelief.retry import RetriesExhausted, Retryable, is_retryable_status, with_retries
 from deltabelief.types import JudgeReply, JudgeRequest
 
 log = logging.getLogger(__name__)
 
 _BODY_PREVIEW_CHARS = 300
-
-
-def is_retryable_status(status: int) -> bool:
-    """408 (request timeout), 429 (rate limited) and every 5xx may succeed when tried again."""
-    return status in (408, 429) or 500 <= status < 600
 
 
 def http_endpoint(config: JudgeConfig) -> tuple[str, str]:

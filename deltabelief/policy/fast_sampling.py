@@ -23,7 +23,7 @@ import torch
 
 from deltabelief.policy.fast_decoder import FastDecoder
 from deltabelief.policy.sampling import (
-    STOP_EOS, STOP_LENGTH, Sample, SamplingParams, StopTokens, _decode, _stop_reason, draw,
+    STOP_LENGTH, Sample, SamplingParams, StopTokens, _decode, draw, record_draw,
 )
 
 MIN_SHARED_PREFIX = 16
@@ -120,10 +120,7 @@ class DecodeSession:
             tokens, logps = draw(logits, params, [generators[i] for i in running])  # [R], [R]
             still, feed = [], {}
             for i, token, logp in zip(running, tokens.tolist(), logps.tolist()):
-                reason = _stop_reason(token, len(out[i].token_ids) + 1, stops, params)
-                if reason != STOP_EOS:
-                    out[i].token_ids.append(token)
-                    out[i].logprobs.append(logp)
+                reason = record_draw(out[i], token, logp, stops, params)
                 if reason is None:
                     still.append(i)
                     feed[i] = token

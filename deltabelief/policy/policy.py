@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from deltabelief.config import PolicyConfig
-from deltabelief.policy.chat import end_of_turn_ids
+from deltabelief.policy.chat import end_of_turn_ids, pad_id
 from deltabelief.policy.fast_decoder import FastDecoder, unsupported_reason
 from deltabelief.policy.fast_sampling import DecodeSession
 from deltabelief.policy.loading import load_causal_lm
@@ -121,9 +121,8 @@ class Policy:
             self._decoder = FastDecoder(self.model, rows_hint=min(size, 16))
         else:
             self._decoder.refresh()  # the weights may have changed since the last rollout
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         return DecodeSession(self._decoder, self.tokenizer, self.sampling_params(eval_mode), self.stop_tokens(),
-                             size, pad_id)
+                             size, pad_id(self.tokenizer))
 
     def save(self, directory: str | Path) -> Path:
         """Write merged weights, tokenizer and chat template so ``from_pretrained(directory)`` loads them."""

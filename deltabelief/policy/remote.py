@@ -30,17 +30,17 @@ import requests
 import torch
 
 from deltabelief.config import PolicyConfig
-from deltabelief.judges.openai_compat import is_retryable_status
 from deltabelief.policy.policy import Policy, move_stop_tokens, sampling_params
 from deltabelief.policy.sampling import (
     STOP_EOS, STOP_LENGTH, STOP_QUESTION, Generators, PrefixCache, Sample, SamplingParams, StopTokens,
 )
-from deltabelief.retry import RetriesExhausted, Retryable, with_retries
-from deltabelief.serving.token_completions import TOKEN_ID_PREFIX
+from deltabelief.retry import RetriesExhausted, Retryable, is_retryable_status, with_retries
 
 log = logging.getLogger(__name__)
 
 _PREVIEW_CHARS = 300
+TOKEN_ID_PREFIX = "token_id:"
+"""How vLLM writes a sampled token under ``return_tokens_as_token_ids`` (so does `deltabelief serve`)."""
 
 
 class PolicyServerError(RuntimeError):

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from deltabelief.policy.chat import pad_id
+
 log = logging.getLogger(__name__)
 
 STOP_EOS, STOP_QUESTION, STOP_LENGTH = "eos", "question", "length"
@@ -254,6 +256,16 @@ def _forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tens
     return out.logits[:, -1, :].float()
 
 
+def record_draw(sample: Sample, token: int, logprob: float, stops: StopTokens, params: SamplingParams) -> str | None:
+    """Append a drawn token to its move (an end-of-turn/eos token is not part of it); returns why
+    the move stops there, or None."""
+    reason = _stop_reason(token, len(sample.token_ids) + 1, stops, params)
+    if reason != STOP_EOS:
+        sample.token_ids.append(token)
+        sample.logprobs.append(logprob)
+    return reason
+
+
 def _stop_reason(token: int, count: int, stops: StopTokens, params: SamplingParams) -> str | None:
     """Why a row stops after drawing ``token`` as its ``count``-th token (None: go on)."""
     if token in stops.eos_ids:
@@ -282,8 +294,7 @@ def sample_batch(
     if not isinstance(generator, torch.Generator) and len(generator) != len(prompts):
         raise ValueError(f"{len(prompts)} rows but {len(generator)} generators")
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask, positions, cache = _batch_inputs(prompts, prefixes or [None] * len(prompts), pad_id, device)
+    ids, mask, positions, cache = _batch_inputs(prompts, prefixes or [None] * len(prompts), pad_id(tokenizer), device)
     was_training = model.training
     model.eval()
     try:
@@ -297,10 +308,7 @@ def sample_batch(
             tokens, token_logps = draw(logits, params, row_generators)  # [B], [B]
             keep = []
             for b, (i, token, logp) in enumerate(zip(rows, tokens.tolist(), token_logps.tolist())):
-                reason = _stop_reason(token, len(out[i].token_ids) + 1, stops, params)
-                if reason != STOP_EOS:
-                    out[i].token_ids.append(token)
-                    out[i].logprobs.append(logp)
+                reason = record_draw(out[i], token, logp, stops, params)
                 if reason is None:
                     keep.append(b)
                     continue

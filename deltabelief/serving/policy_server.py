@@ -89,13 +89,18 @@ def launched_server(argv: list[str], base_url: str, ready_timeout_s: float) -> I
         log.info("policy server up at %s (%s)", base_url, " ".join(argv[:3]))
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log_file.unlink(missing_ok=True)
+
+
+def stop_process(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not exited within ``grace_s`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def evaluate_through_server(config: Config, model_dir: str | Path, out_dir: str | Path, progress: bool = True):

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from deltabelief.policy.remote import TOKEN_ID_PREFIX
 from deltabelief.policy.sampling import STOP_LENGTH, STOP_QUESTION, Sample, SamplingParams
 
 DEFAULT_MAX_TOKENS = 50
 MAX_TOKENS_LIMIT = 1024
 """A move is a short question: far more than any move needs, and a bound on generation time."""
-TOKEN_ID_PREFIX = "token_id:"
 
 
 class CompletionRequestError(ValueError):
