@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deltabelief.config import Config, TrackingConfig, config_hash, config_to_dict, flatten
+from deltabelief.retry import Retryable, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +234,25 @@ def register_model(
     # A logged model's URI (models:/m-<id>) must come with its id: a tracking server checks the pair.
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}, model_id=model_id)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    _move_alias(client, name, CHALLENGER, version.version)
     return str(version.version)
+
+
+def _move_alias(client, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``. Two writers moving the same alias at once race on the store's
+    unique key (sqlite: 'UNIQUE constraint failed'); the one that loses tries again, and the alias
+    ends on the version written last."""
+    from mlflow.exceptions import MlflowException
+
+    def attempt() -> None:
+        try:
+            client.set_registered_model_alias(name, alias, version)
+        except MlflowException as err:
+            if "UNIQUE constraint failed" in str(err) or _already_exists(err):
+                raise Retryable(f"{alias} -> v{version}: {err}") from None
+            raise
+
+    with_retries(attempt, attempts=5, backoff_s=0.05, what=f"moving alias {alias!r}")
 
 
 def champion_version(uri: str, name: str) -> Any | None:

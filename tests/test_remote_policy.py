@@ -85,6 +85,8 @@ def test_the_move_is_cut_as_local_sampling_cuts_it():
     assert (length.token_ids, length.stop_reason) == ([1, 3, 1], STOP_LENGTH)
     no_cut = cut_move([2, 1], [-1.0, -2.0], stops, dataclasses.replace(params, cut_at_question=False))
     assert no_cut.token_ids == [2, 1]
+    with pytest.raises(PolicyServerError, match="token id 7, outside"):  # another model's tokenizer
+        cut_move([1, 7], [-1.0, -2.0], stops, params)
 
 
 @pytest.mark.parametrize(

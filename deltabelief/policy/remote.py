@@ -32,7 +32,7 @@ import torch
 from deltabelief.config import PolicyConfig
 from deltabelief.policy.policy import Policy, move_stop_tokens, sampling_params
 from deltabelief.policy.sampling import (
-    STOP_EOS, STOP_LENGTH, STOP_QUESTION, Generators, PrefixCache, Sample, SamplingParams, StopTokens,
+    STOP_LENGTH, Generators, PrefixCache, Sample, SamplingParams, StopTokens, record_draw,
 )
 from deltabelief.retry import RetriesExhausted, Retryable, is_retryable_status, with_retries
 
@@ -56,17 +56,16 @@ def _token_id(token: str) -> int:
 
 def cut_move(token_ids: list[int], logprobs: list[float], stops: StopTokens, params: SamplingParams) -> Sample:
     """The move local sampling would have kept from these drawn tokens (rules: :mod:`.sampling`)."""
-    kept_ids, kept_logprobs = [], []
+    move = Sample([], [], "", STOP_LENGTH)
     for token, logprob in zip(token_ids, logprobs):
-        if token in stops.eos_ids:
-            return Sample(kept_ids, kept_logprobs, "", STOP_EOS)
-        kept_ids.append(token)
-        kept_logprobs.append(logprob)
-        if params.cut_at_question and token < len(stops.question) and bool(stops.question[token]):
-            return Sample(kept_ids, kept_logprobs, "", STOP_QUESTION)
-        if len(kept_ids) >= params.max_new_tokens:
+        if not 0 <= token < len(stops.question):
+            raise PolicyServerError(f"the server sampled token id {token}, outside this tokenizer's "
+                                    f"{len(stops.question)} ids: is policy.model the served model's tokenizer?")
+        reason = record_draw(move, token, logprob, stops, params)
+        if reason is not None:
+            move.stop_reason = reason
             break
-    return Sample(kept_ids, kept_logprobs, "", STOP_LENGTH)
+    return move
 
 
 class RemotePolicy:
