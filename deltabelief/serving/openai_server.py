@@ -52,7 +52,8 @@ import torch
 
 from deltabelief.judges.local import generate_chat
 from deltabelief.serving.generation_queue import ClientGone, GenerationQueue, QueueFull, QueueTimeout
-from deltabelief.serving.token_completions import CompletionRequestError, completion_body, parse_completion_request
+from deltabelief.serving.request_fields import RequestError, number
+from deltabelief.serving.token_completions import completion_body, parse_completion_request
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,6 @@ class ServeLimits:
     """Prompt plus max_tokens at most; None: the model's ``max_position_embeddings``."""
 
 
-class RequestError(ValueError):
-    """A client error, answered with ``status`` and this message."""
-
-    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST):
-        super().__init__(message)
-        self.status = int(status)
-
-
 @dataclass(frozen=True)
 class ChatParams:
     messages: list[dict[str, str]]
@@ -98,17 +91,8 @@ class ChatParams:
     seed: int | None
 
 
-def _number(body: dict, key: str, kind: type, default: Any) -> Any:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise RequestError(f"field '{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r:.40}")
-    return kind(value)
-
-
 def _seed(body: dict) -> int | None:
-    seed = _number(body, "seed", int, None)
+    seed = number(body, "seed", int, None)
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise RequestError(f"field 'seed' must be a 64-bit integer, between {SEED_RANGE[0]} and {SEED_RANGE[1]}, "
                            f"got {seed:.3g}")
@@ -143,14 +127,14 @@ def parse_chat_request(body: Any, model_name: str) -> ChatParams:
         )
     if body.get("stream"):
         raise RequestError("'stream': true is not supported by this server")
-    if _number(body, "n", int, 1) != 1:
+    if number(body, "n", int, 1) != 1:
         raise RequestError("only 'n': 1 is supported")
-    temperature = _number(body, "temperature", float, 1.0)
+    temperature = number(body, "temperature", float, 1.0)
     if not 0.0 <= temperature <= 2.0:
         raise RequestError(f"field 'temperature' must be between 0 and 2, got {temperature}")
-    max_tokens = _number(body, "max_tokens", int, None)
+    max_tokens = number(body, "max_tokens", int, None)
     if max_tokens is None:
-        max_tokens = _number(body, "max_completion_tokens", int, DEFAULT_MAX_TOKENS)
+        max_tokens = number(body, "max_completion_tokens", int, DEFAULT_MAX_TOKENS)
     if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
         raise RequestError(f"field 'max_tokens' must be between 1 and {MAX_TOKENS_LIMIT}, got {max_tokens}")
     return ChatParams(_messages(body), temperature, max_tokens, _seed(body))
@@ -265,10 +249,7 @@ class ChatBackend:
         from deltabelief.policy.sampling import GenerationStopped, StopTokens, sample_batch
 
         vocab = int(self.model.get_output_embeddings().weight.shape[0])
-        try:
-            params = parse_completion_request(body, self.model_name, vocab)
-        except CompletionRequestError as err:
-            raise RequestError(str(err), err.status) from err
+        params = parse_completion_request(body, self.model_name, vocab)
         if len(params.prompt_ids) + params.sampling.max_new_tokens > self.context_tokens:
             raise RequestError(f"this model's context is {self.context_tokens} tokens, but the prompt takes "
                                f"{len(params.prompt_ids)} and 'max_tokens' asks for {params.sampling.max_new_tokens}")

@@ -26,18 +26,11 @@ from typing import Any
 
 from deltabelief.policy.remote import TOKEN_ID_PREFIX
 from deltabelief.policy.sampling import STOP_LENGTH, STOP_QUESTION, Sample, SamplingParams
+from deltabelief.serving.request_fields import RequestError, number
 
 DEFAULT_MAX_TOKENS = 50
 MAX_TOKENS_LIMIT = 1024
 """A move is a short question: far more than any move needs, and a bound on generation time."""
-
-
-class CompletionRequestError(ValueError):
-    """A client error in a completions request, answered with ``status``."""
-
-    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST):
-        super().__init__(message)
-        self.status = int(status)
 
 
 @dataclass(frozen=True)
@@ -49,27 +42,17 @@ class CompletionParams:
     """Return each sampled token with its log-probability."""
 
 
-def _field(body: dict, key: str, kinds: tuple[type, ...], default: Any) -> Any:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise CompletionRequestError(f"field '{key}' must be {names}, got {value!r:.40}")
-    return value
-
-
 def _prompt_ids(body: dict, vocab_size: int) -> list[int]:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
         prompt = prompt[0]  # a batch of one prompt, as OpenAI clients may send it
     if not isinstance(prompt, list) or not prompt or not all(isinstance(t, int) and not isinstance(t, bool)
                                                              for t in prompt):
-        raise CompletionRequestError("field 'prompt' must be a non-empty list of token ids (this server takes "
+        raise RequestError("field 'prompt' must be a non-empty list of token ids (this server takes "
                                      "no text prompts: apply the chat template and tokenize on the client)")
     bad = next((i for i, t in enumerate(prompt) if not 0 <= t < vocab_size), None)
     if bad is not None:
-        raise CompletionRequestError(f"prompt[{bad}] = {prompt[bad]} is not a token id of this model "
+        raise RequestError(f"prompt[{bad}] = {prompt[bad]} is not a token id of this model "
                                      f"(vocabulary: 0..{vocab_size - 1})")
     return list(prompt)
 
@@ -81,44 +64,44 @@ def _cut_at_question(body: dict) -> bool:
     if isinstance(stop, str):
         stop = [stop]
     if stop != ["?"]:
-        raise CompletionRequestError(f"field 'stop' may only be [\"?\"] here (cut a move after its question), "
+        raise RequestError(f"field 'stop' may only be [\"?\"] here (cut a move after its question), "
                                      f"got {stop!r:.60}")
     return True
 
 
 def parse_completion_request(body: Any, model_name: str, vocab_size: int) -> CompletionParams:
-    """Validate a completions body; raises :class:`CompletionRequestError` naming the bad field."""
+    """Validate a completions body; raises :class:`RequestError` naming the bad field."""
     if not isinstance(body, dict):
-        raise CompletionRequestError("request body must be a JSON object")
+        raise RequestError("request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str):
-        raise CompletionRequestError("field 'model' is required: a string")
+        raise RequestError("field 'model' is required: a string")
     if model != model_name:
-        raise CompletionRequestError(f"model {model!r} is not served here; this server serves {model_name!r}",
+        raise RequestError(f"model {model!r} is not served here; this server serves {model_name!r}",
                                      HTTPStatus.NOT_FOUND)
     if body.get("stream"):
-        raise CompletionRequestError("'stream': true is not supported by this server")
-    if _field(body, "n", (int,), 1) != 1:
-        raise CompletionRequestError("only 'n': 1 is supported")
-    temperature = float(_field(body, "temperature", (int, float), 1.0))
-    top_p = float(_field(body, "top_p", (int, float), 1.0))
-    top_k = _field(body, "top_k", (int,), 0)
-    max_tokens = _field(body, "max_tokens", (int,), DEFAULT_MAX_TOKENS)
-    seed = _field(body, "seed", (int,), None)
+        raise RequestError("'stream': true is not supported by this server")
+    if number(body, "n", int, 1) != 1:
+        raise RequestError("only 'n': 1 is supported")
+    temperature = number(body, "temperature", float, 1.0)
+    top_p = number(body, "top_p", float, 1.0)
+    top_k = number(body, "top_k", int, 0)
+    max_tokens = number(body, "max_tokens", int, DEFAULT_MAX_TOKENS)
+    seed = number(body, "seed", int, None)
     if not 0.0 <= temperature <= 2.0:
-        raise CompletionRequestError(f"field 'temperature' must be between 0 and 2, got {temperature}")
+        raise RequestError(f"field 'temperature' must be between 0 and 2, got {temperature}")
     if not 0.0 < top_p <= 1.0:
-        raise CompletionRequestError(f"field 'top_p' must be in (0, 1], got {top_p}")
+        raise RequestError(f"field 'top_p' must be in (0, 1], got {top_p}")
     if top_k < -1:
-        raise CompletionRequestError(f"field 'top_k' must be -1, 0 (both: off) or positive, got {top_k}")
+        raise RequestError(f"field 'top_k' must be -1, 0 (both: off) or positive, got {top_k}")
     if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise CompletionRequestError(f"field 'max_tokens' must be between 1 and {MAX_TOKENS_LIMIT}, got {max_tokens}")
+        raise RequestError(f"field 'max_tokens' must be between 1 and {MAX_TOKENS_LIMIT}, got {max_tokens}")
     if seed is not None and not 0 <= seed < 2**63:
-        raise CompletionRequestError(f"field 'seed' must be between 0 and 2**63 - 1, got {seed:.3g}")
+        raise RequestError(f"field 'seed' must be between 0 and 2**63 - 1, got {seed:.3g}")
     sampling = SamplingParams(temperature, top_p, max(top_k, 0), max_tokens, cut_at_question=_cut_at_question(body))
-    logprobs = _field(body, "logprobs", (int,), None) is not None
+    logprobs = number(body, "logprobs", int, None) is not None
     if logprobs and not body.get("return_tokens_as_token_ids"):
-        raise CompletionRequestError("'logprobs' needs 'return_tokens_as_token_ids': true here "
+        raise RequestError("'logprobs' needs 'return_tokens_as_token_ids': true here "
                                      "(tokens come back as ids, never as text to re-tokenize)")
     return CompletionParams(_prompt_ids(body, vocab_size), sampling, seed, logprobs)
 
