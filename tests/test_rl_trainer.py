@@ -177,12 +177,14 @@ def test_resumed_run_equals_an_uninterrupted_one(sft_model, tmp_path):
 
     first = _rl_config(sft_model, *SMALL, "train.num_steps=1", "train.checkpoint_every=1")
     run_rl(first, targets, tmp_path / "resumed", progress=False)
+    (tmp_path / "resumed" / "metrics.jsonl").write_text("")  # stopped after the checkpoint, before its metrics line
     resumed = run_rl(config, targets, tmp_path / "resumed", resume=True, progress=False)
 
     assert len(resumed.history) == 1  # only step 2 ran after the resume
     assert _deterministic(resumed.history[0]) == _deterministic(straight.history[1])
     lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [1, 2]
+    assert [x["step"] for x in lines] == [1, 2]  # step 1's row came back with its checkpoint
+    assert _deterministic(lines[0]) == _deterministic({"step": 1, **straight.history[0]})
     from safetensors.torch import load_file
 
     a = load_file(str(straight.last_checkpoint / "model" / "model.safetensors"))

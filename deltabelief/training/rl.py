@@ -246,6 +246,7 @@ class RLTrainer:
         self.start_step = state.step
         self.last_checkpoint = path
         self._truncate_metrics(state.step)
+        self._restore_checkpoint_row(state)
         log.info("resumed from %s at step %d", path, state.step)
 
     def cleanup(self) -> None:
@@ -262,7 +263,7 @@ class RLTrainer:
             metrics = self.train_step(step)
             if step % c.checkpoint_every == 0 or step == c.num_steps:
                 tick = time.perf_counter()
-                self.save_checkpoint(step)
+                self.save_checkpoint(step, metrics)
                 metrics["perf/seconds_checkpoint"] = time.perf_counter() - tick
             self._record(step, metrics)
             bar.set_postfix(success=f"{metrics['rollout/success_rate']:.2f}",
@@ -411,8 +412,11 @@ class RLTrainer:
 
     # ------------------------------------------------------------ checkpoints and records
 
-    def save_checkpoint(self, step: int) -> Path:
-        state = TrainerState(step=step, data_order=self._data_order(), rng=capture_rng(), extra={"run": self.identity})
+    def save_checkpoint(self, step: int, metrics: dict[str, float] | None = None) -> Path:
+        """The step's metrics travel with its checkpoint: a stop between the checkpoint and the
+        metrics line is then repaired on resume instead of losing the step's row."""
+        extra = {"run": self.identity, "metrics": {k: float(v) for k, v in (metrics or {}).items()}}
+        state = TrainerState(step=step, data_order=self._data_order(), rng=capture_rng(), extra=extra)
         self.last_checkpoint = save_checkpoint(
             self.out_dir / "checkpoints", state, model=self.policy.model, tokenizer=self.policy.tokenizer,
             optimizer=self.optimizer, scheduler=self.scheduler, keep_last=self.config.train.keep_checkpoints)
@@ -431,6 +435,15 @@ class RLTrainer:
         if path.exists():
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
             path.write_text("".join(line + "\n" for line in kept))
+
+    def _restore_checkpoint_row(self, state: TrainerState) -> None:
+        path = self.out_dir / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        recorded = {json.loads(line)["step"] for line in lines if line}
+        row = state.extra.get("metrics")
+        if state.step not in recorded and row:
+            with open(path, "a") as handle:
+                handle.write(json.dumps({"step": state.step, **row}) + "\n")
 
     def _write_samples(self, step: int, trajectories: list[Trajectory]) -> None:
         count = self.config.train.num_logged_samples
