@@ -55,3 +55,10 @@ class Trajectory:
 
     def statuses(self) -> list[str]:
         return [t.status for t in self.turns]
+
+
+def transcript(trajectory: Trajectory) -> dict:
+    """A played game as a person reads it: the target, whether it was solved, and each turn's
+    ``[move, answer, status]``."""
+    return {"target": trajectory.target.target, "solved": trajectory.solved,
+            "turns": [[turn.move, turn.answer, turn.status] for turn in trajectory.turns]}

@@ -4,6 +4,7 @@ rollout with the tiny policy."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -167,6 +168,17 @@ def test_outputs_exist_and_report_lists_every_suite(result):
     assert "0.500 ± 0.000" in report
     per_target = pd.read_parquet(result.per_target_path)
     assert set(per_target["budget"]) == {3}
+
+
+def test_games_file_holds_every_game_move_by_move_at_the_largest_budget(result):
+    lines = [json.loads(line) for line in (result.out_dir / "games.jsonl").read_text().splitlines()]
+    # 4 success suites x 2 targets x 2 samples (budget 3) + personalization 2 x 2 (its 3 turns).
+    assert len(lines) == 4 * 2 * 2 + 2 * 2
+    city = [g for g in lines if g["suite"] == "guess_my_city" and g["solved"]]
+    first = result.results[result.results["suite"] == "guess_my_city"]["target_id"].min()
+    assert {(g["target_id"], g["sample"], len(g["turns"])) for g in city} == {(first, 0, 2), (first, 1, 3)}
+    assert city[0]["turns"][0] == ["Question number 1 about it?", "Hmm, maybe.", "answered"]
+    assert city[0]["turns"][-1][2] == "finished"
 
 
 def test_parse_sources_and_bad_configs(tmp_path):

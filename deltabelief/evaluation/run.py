@@ -6,6 +6,7 @@ policy and writes, under ``out_dir``:
 - ``results.parquet``: one row per game and budget (the ``eval`` data contract);
 - ``per_target.parquet``, ``summary.parquet`` and, for Twenty Questions, ``beliefs.parquet``;
 - ``information.parquet`` for games judged from a knowledge base (bits gained per question);
+- ``games.jsonl``: every game at each suite's largest budget, move by move;
 - ``belief_curves.png``, ``pass_at_k.png``, ``interaction_scaling.png``, ``information_per_turn.png``;
 - ``report.md`` with the tables and plots.
 
@@ -16,6 +17,7 @@ lists every name). Logging is the caller's job.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from deltabelief.evaluation.scaling import results_frame
 from deltabelief.evaluation.suites import (
     BeliefFn,
     PlayFn,
+    SuiteRun,
     get_suite,
     load_suite_targets,
     parse_sources,
@@ -44,6 +47,7 @@ from deltabelief.evaluation.suites import (
 )
 from deltabelief.games.personalization import AnswerFn
 from deltabelief.information import information_per_turn
+from deltabelief.trajectory import transcript
 from deltabelief.types import Judge, Target
 
 log = logging.getLogger(__name__)
@@ -165,9 +169,11 @@ def _belief_metrics(beliefs: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
-def _run_suites(config, policy, *, data, game, targets, judges, play_fn, answer_fn, belief_fn, progress):
+def _run_suites(config, policy, *, data, game, targets, judges, play_fn, answer_fn,
+                belief_fn, progress) -> tuple[list[SuiteRun], dict[str, dict], dict[str, float]]:
+    """Every suite played: its :class:`SuiteRun`, the report's notes and wall seconds per suite."""
     sources = parse_sources(config.sources)
-    rows, belief_rows, info_rows, info_metrics, notes, seconds = [], [], [], {}, {}, {}
+    runs, notes, seconds = [], {}, {}
     for name in config.suites:
         spec = get_suite(name)
         began = time.perf_counter()
@@ -186,15 +192,22 @@ def _run_suites(config, policy, *, data, game, targets, judges, play_fn, answer_
             run = run_success_suite(spec, played, judge, chosen, config, policy, play_fn, scorer, progress)
             if scorer is None and spec.beliefs and config.belief_curves:
                 run.notes["belief curves"] = "skipped: the policy is served, its weights are not here"
-        rows += run.rows
-        belief_rows += run.beliefs
-        info_rows += run.information
-        info_metrics.update(run.metrics)
+        runs.append(run)
         seconds[name] = time.perf_counter() - began
         notes[name] = {"source": source, "split": split, "targets": f"{len(chosen)} of {len(candidates)}",
                        "judge": judge_name, **run.notes, "wall time": f"{seconds[name]:.1f}s"}
         log.info("suite %s done in %.1fs", name, seconds[name])
-    return rows, belief_rows, (info_rows, info_metrics), notes, seconds
+    return runs, notes, seconds
+
+
+def _write_games(runs: list[SuiteRun], path: Path) -> Path:
+    """games.jsonl: every game played at a suite's largest budget, move by move (to read, or grep)."""
+    with open(path, "w") as handle:
+        for run in runs:
+            for game in run.trajectories[max(run.trajectories)]:
+                row = {"suite": run.name, "target_id": game.target.id, "sample": game.sample_index}
+                handle.write(json.dumps({**row, **transcript(game)}) + "\n")
+    return path
 
 
 def _write_plots(out_dir: Path, summary: pd.DataFrame, curves: pd.DataFrame | None,
@@ -245,14 +258,18 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    rows, belief_rows, (info_rows, info_metrics), notes, seconds = _run_suites(
+    runs, notes, seconds = _run_suites(
         config, policy, data=data or DataConfig(), game=game or GameConfig(), targets=targets,
         judges=_Judges(config, game or GameConfig(), judges), play_fn=play_fn or _default_play_fn(),
         answer_fn=(lambda: answer_fn) if answer_fn else (lambda: _policy_answer_fn(policy, config)),
         belief_fn=(lambda: belief_fn) if belief_fn else (lambda: _policy_belief_fn(policy, belief or BeliefConfig())),
         progress=progress,
     )
-    results = results_frame(rows)
+    belief_rows = [row for run in runs for row in run.beliefs]
+    info_rows = [row for run in runs for row in run.information]
+    info_metrics = {name: value for run in runs for name, value in run.metrics.items()}
+    _write_games(runs, out_dir / "games.jsonl")
+    results = results_frame([row for run in runs for row in run.rows])
     results_path = out_dir / "results.parquet"
     results.to_parquet(results_path, index=False)
     validate_dataset("eval", results_path)  # raises ContractError naming the broken rules and rows

@@ -60,7 +60,7 @@ from deltabelief.training.logprobs import pad_rows, right_pad, token_logprobs
 from deltabelief.training.optim import build_optimizer, build_scheduler
 from deltabelief.training.ppo_loss import PPOStats, ppo_clip_loss
 from deltabelief.training.run_dir import check_checkpoint_identity, claim_run_dir, run_identity
-from deltabelief.trajectory import Trajectory
+from deltabelief.trajectory import Trajectory, transcript
 from deltabelief.types import Target
 
 log = logging.getLogger(__name__)
@@ -453,8 +453,7 @@ class RLTrainer:
         folder.mkdir(exist_ok=True)
         with open(folder / f"step_{step:06d}.jsonl", "w") as handle:
             for traj in trajectories[:count]:
-                handle.write(json.dumps({"target": traj.target.target, "solved": traj.solved,
-                                         "turns": [[x.move, x.answer, x.status] for x in traj.turns]}) + "\n")
+                handle.write(json.dumps(transcript(traj)) + "\n")
 
 
 def run_rl(config: Config, targets: Sequence[Target] | str | Path, out_dir: str | Path, *, resume: bool = False,
