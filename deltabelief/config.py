@@ -619,17 +619,27 @@ def resolve_preset(preset: str | Path) -> Path:
     return path
 
 
+def _preset_values(preset: str | Path, seen: tuple[Path, ...]) -> dict:
+    """A preset file's sections; ``extends: NAME`` at its top starts from preset NAME's values."""
+    path = resolve_preset(preset)
+    if path in seen:
+        raise ConfigError(f"{path}: presets extend each other in a loop: {' -> '.join(p.stem for p in (*seen, path))}")
+    loaded = _parse_yaml(path.read_text(), str(path))
+    if loaded is None:  # an empty file would silently mean "all defaults"
+        raise ConfigError(f"{path}: the preset file is empty; write at least one section, e.g. 'train: {{num_steps: 5}}'")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of sections")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'extends' names one preset, got {base!r}")
+    return _merge(_preset_values(base, (*seen, path)), loaded)
+
+
 def load_config(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a :class:`Config` from a preset and ``key=value`` overrides, strictly."""
-    values: dict = {}
-    if preset:
-        path = resolve_preset(preset)
-        loaded = _parse_yaml(path.read_text(), str(path))
-        if loaded is None:  # an empty file would silently mean "all defaults"
-            raise ConfigError(f"{path}: the preset file is empty; write at least one section, e.g. 'train: {{num_steps: 5}}'")
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a preset must be a mapping of sections")
-        values = loaded
+    values = _preset_values(preset, ()) if preset else {}
     for text in overrides:
         values = _merge(values, parse_override(text))
     return check_ranges(_build(Config, values))
