@@ -200,14 +200,13 @@ def _run_suites(config, policy, *, data, game, targets, judges, play_fn, answer_
     return runs, notes, seconds
 
 
-def _write_games(runs: list[SuiteRun], path: Path) -> Path:
+def _write_games(runs: list[SuiteRun], path: Path) -> None:
     """games.jsonl: every game played at a suite's largest budget, move by move (to read, or grep)."""
     with open(path, "w") as handle:
         for run in runs:
             for game in run.trajectories[max(run.trajectories)]:
                 row = {"suite": run.name, "target_id": game.target.id, "sample": game.sample_index}
                 handle.write(json.dumps({**row, **transcript(game)}) + "\n")
-    return path
 
 
 def _write_plots(out_dir: Path, summary: pd.DataFrame, curves: pd.DataFrame | None,

@@ -49,11 +49,11 @@ def _prompt_ids(body: dict, vocab_size: int) -> list[int]:
     if not isinstance(prompt, list) or not prompt or not all(isinstance(t, int) and not isinstance(t, bool)
                                                              for t in prompt):
         raise RequestError("field 'prompt' must be a non-empty list of token ids (this server takes "
-                                     "no text prompts: apply the chat template and tokenize on the client)")
+                           "no text prompts: apply the chat template and tokenize on the client)")
     bad = next((i for i, t in enumerate(prompt) if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise RequestError(f"prompt[{bad}] = {prompt[bad]} is not a token id of this model "
-                                     f"(vocabulary: 0..{vocab_size - 1})")
+                           f"(vocabulary: 0..{vocab_size - 1})")
     return list(prompt)
 
 
@@ -65,7 +65,7 @@ def _cut_at_question(body: dict) -> bool:
         stop = [stop]
     if stop != ["?"]:
         raise RequestError(f"field 'stop' may only be [\"?\"] here (cut a move after its question), "
-                                     f"got {stop!r:.60}")
+                           f"got {stop!r:.60}")
     return True
 
 
@@ -78,7 +78,7 @@ def parse_completion_request(body: Any, model_name: str, vocab_size: int) -> Com
         raise RequestError("field 'model' is required: a string")
     if model != model_name:
         raise RequestError(f"model {model!r} is not served here; this server serves {model_name!r}",
-                                     HTTPStatus.NOT_FOUND)
+                           HTTPStatus.NOT_FOUND)
     if body.get("stream"):
         raise RequestError("'stream': true is not supported by this server")
     if number(body, "n", int, 1) != 1:
@@ -102,7 +102,7 @@ def parse_completion_request(body: Any, model_name: str, vocab_size: int) -> Com
     logprobs = number(body, "logprobs", int, None) is not None
     if logprobs and not body.get("return_tokens_as_token_ids"):
         raise RequestError("'logprobs' needs 'return_tokens_as_token_ids': true here "
-                                     "(tokens come back as ids, never as text to re-tokenize)")
+                           "(tokens come back as ids, never as text to re-tokenize)")
     return CompletionParams(_prompt_ids(body, vocab_size), sampling, seed, logprobs)
 
 

@@ -245,8 +245,7 @@ class RLTrainer:
         restore_rng(state.rng)
         self.start_step = state.step
         self.last_checkpoint = path
-        self._truncate_metrics(state.step)
-        self._restore_checkpoint_row(state)
+        self._truncate_metrics(state.step, state.extra.get("metrics"))
         log.info("resumed from %s at step %d", path, state.step)
 
     def cleanup(self) -> None:
@@ -430,20 +429,16 @@ class RLTrainer:
         if self.log_fn is not None:
             self.log_fn(metrics, step)
 
-    def _truncate_metrics(self, step: int) -> None:
-        path = self.out_dir / "metrics.jsonl"
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
-
-    def _restore_checkpoint_row(self, state: TrainerState) -> None:
+    def _truncate_metrics(self, step: int, checkpoint_row: dict[str, float] | None = None) -> None:
+        """Keep the rows of steps up to ``step``; ``checkpoint_row`` (the copy of step's row that its
+        checkpoint carries) stands in for that row when the file lost it."""
         path = self.out_dir / "metrics.jsonl"
         lines = path.read_text().splitlines() if path.exists() else []
-        recorded = {json.loads(line)["step"] for line in lines if line}
-        row = state.extra.get("metrics")
-        if state.step not in recorded and row:
-            with open(path, "a") as handle:
-                handle.write(json.dumps({"step": state.step, **row}) + "\n")
+        kept = [line for line in lines if line and json.loads(line)["step"] <= step]
+        if checkpoint_row and not any(json.loads(line)["step"] == step for line in kept):
+            kept.append(json.dumps({"step": step, **checkpoint_row}))
+        if path.exists() or kept:
+            path.write_text("".join(line + "\n" for line in kept))
 
     def _write_samples(self, step: int, trajectories: list[Trajectory]) -> None:
         count = self.config.train.num_logged_samples
