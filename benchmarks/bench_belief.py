@@ -69,7 +69,7 @@ def build_trajectory(tokenizer, num_turns: int, target: str = "elephant") -> Tra
         span = (len(ids), len(ids) + len(move_ids))
         ids = ids + move_ids + observation_ids(tokenizer, answer)
         turns.append(PolicyTurn(move_ids, span, [0.0] * len(move_ids), move, answer, "yes", end_of_turn=len(ids)))
-    return Trajectory(Target(id=target, task="twenty_questions", target=target), 0, 0, ids, prompt_length, turns)
+    return Trajectory(Target(id=target, task="twenty_questions", answer=target), 0, 0, ids, prompt_length, turns)
 
 
 def verl_rollouts(trajectories: list[Trajectory], pad_id: int) -> DataProto:
@@ -81,7 +81,7 @@ def verl_rollouts(trajectories: list[Trajectory], pad_id: int) -> DataProto:
     response_ids = torch.full((len(prompts), length), pad_id)  # [B, R]
     attention = torch.zeros((len(prompts), width + length), dtype=torch.long)  # [B, P + R]
     ends = np.empty(len(prompts), dtype=object)
-    targets = np.array([t.target.target for t in trajectories], dtype=object)
+    targets = np.array([t.target.answer for t in trajectories], dtype=object)
     for row, (prompt, response, traj) in enumerate(zip(prompts, responses, trajectories)):
         prompt_ids[row, width - len(prompt):] = torch.tensor(prompt)
         response_ids[row, : len(response)] = torch.tensor(response)
@@ -186,7 +186,7 @@ def run(model_spec: str = "smollm2", turns: tuple[int, ...] = (5, 10, 20), repea
             "per_prefix": lambda traj=traj: score_beliefs_per_prefix(model, tokenizer, [traj], template),
             "plain_forward": plain,
         }, repeats)
-        suffix = len(build_elicitation(tokenizer, template, traj.target.target).ids)
+        suffix = len(build_elicitation(tokenizer, template, traj.target.answer).ids)
         ends = turn_ends(traj)
         results["turns"][num_turns] = {
             "tokens": len(traj.input_ids),

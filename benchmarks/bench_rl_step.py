@@ -57,7 +57,7 @@ def run(preset: str = "cpu", num_targets: int = 16, max_turns: int = 10, repeats
     del model
     config = load_config(preset, [])
     nouns = load_kb(nouns=config.game.kb_nouns or None).nouns[:num_targets]
-    targets = [Target(id=f"kb-{noun}", task="twenty_questions", target=noun) for noun in nouns]
+    targets = [Target(id=f"kb-{noun}", task="twenty_questions", answer=noun) for noun in nouns]
     games = config.train.targets_per_step * config.train.rollouts_per_target
     history: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for _ in range(repeats):  # interleaved: each variant sees the same machine state in turn

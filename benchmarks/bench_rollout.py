@@ -42,7 +42,7 @@ class YesNoJudge:
 
 
 def _targets(count: int) -> list[Target]:
-    return [Target(id=f"bench-{i}", task="twenty_questions", target=SECRETS[i % len(SECRETS)]) for i in range(count)]
+    return [Target(id=f"bench-{i}", task="twenty_questions", answer=SECRETS[i % len(SECRETS)]) for i in range(count)]
 
 
 def _measure(policy: Policy, games: int, turns: int, seed: int) -> dict:

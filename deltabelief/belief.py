@@ -152,7 +152,7 @@ def _elicitations(
     out: list[Elicitation | None] = []
     excluded: list[ExcludedTrajectory] = []
     for index, traj in enumerate(trajectories):
-        text = traj.target.target
+        text = traj.target.answer
         if text not in cache:
             try:
                 cache[text] = build_elicitation(tokenizer, template, text)

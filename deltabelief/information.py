@@ -68,7 +68,7 @@ def information_rows(suite: str, kb: "KnowledgeBase", games: Sequence["Trajector
     """One row per question of every game: its bits and the candidate count before it."""
     rows = []
     for game in games:
-        sizes = consistent_sizes(kb, [turn.move for turn in game.turns], game.statuses(), game.target.target)
+        sizes = consistent_sizes(kb, [turn.move for turn in game.turns], game.statuses(), game.target.answer)
         for turn, (before, after) in enumerate(zip(sizes, sizes[1:]), start=1):
             rows.append({"suite": suite, "target_id": game.target.id, "sample": int(game.sample_index), "turn": turn,
                          "bits": math.log2(before / after), "candidates_before": before,
@@ -94,7 +94,7 @@ def teacher_questions_to_solve(kb: "KnowledgeBase", targets: Sequence[str], max_
     if not targets:
         return math.nan
     game = build_game(GameConfig(), INFORMED_TASK, max_turns=max_turns)
-    played = play_teacher_games(GreedyTeacher(kb), [Target(id=t, task=INFORMED_TASK, target=t) for t in targets],
+    played = play_teacher_games(GreedyTeacher(kb), [Target(id=t, task=INFORMED_TASK, answer=t) for t in targets],
                                 game, get_judge("kb", kb=kb), kb, random.Random(0))
     return sum(g.state.num_turns for g in played) / len(played)
 
@@ -103,7 +103,7 @@ def suite_information_metrics(suite: str, rows: pd.DataFrame, games: Sequence["T
                         max_turns: int) -> dict[str, float]:
     """``{suite}/bits_per_question``, ``zero_gain_share``, ``questions_to_solve`` and the references."""
     solved = [g.num_turns for g in games if g.solved]
-    targets = sorted({g.target.target for g in games})
+    targets = sorted({g.target.answer for g in games})
     return {
         f"{suite}/bits_per_question": float(rows["bits"].mean()) if len(rows) else math.nan,
         f"{suite}/zero_gain_share": float((rows["bits"] == 0).mean()) if len(rows) else math.nan,

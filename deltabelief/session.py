@@ -22,8 +22,8 @@ def build_target(task: str, text: str) -> Target:
         from deltabelief.data.knowledge_base import normalize_name
 
         for target in city_targets():
-            names = [target.target.split(",")[0], *target.extra["aliases"]]
+            names = [target.answer.split(",")[0], *target.extra["aliases"]]
             if normalize_name(text) in {normalize_name(n) for n in names}:
                 return target
         raise SystemExit(f"{text!r} is not a city of the city knowledge base; write it as 'City, Country'")
-    return Target(id=text, task=task, target=text)
+    return Target(id=text, task=task, answer=text)

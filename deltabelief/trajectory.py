@@ -60,5 +60,5 @@ class Trajectory:
 def transcript(trajectory: Trajectory) -> dict:
     """A played game as a person reads it: the target, whether it was solved, and each turn's
     ``[move, answer, status]``."""
-    return {"target": trajectory.target.target, "solved": trajectory.solved,
+    return {"target": trajectory.target.answer, "solved": trajectory.solved,
             "turns": [[turn.move, turn.answer, turn.status] for turn in trajectory.turns]}

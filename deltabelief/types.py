@@ -6,6 +6,7 @@ judges, data, rewards and the trainer can all name them without importing each o
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,18 +18,33 @@ SOLVED_STATUSES = ("finished",)
 Message = dict[str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Target:
     """One hidden target (a secret word, a city, a scenario with a culprit, ...)."""
 
     id: str
     task: str
-    target: str
-    """The hidden answer itself, as the questioner must name it (the word, 'City, Country', ...)."""
+    answer: str
+    """The hidden answer itself, as the questioner must name it (the word, 'City, Country', ...).
+    Files keep it in their 'target' column."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Task context for the judge (city facts, scenario text, persona, ...)."""
     messages: tuple[Message, ...] = ()
     """Opening messages shipped with the data; empty means the game writes its own."""
+
+    def __init__(self, id: str, task: str, answer: str | None = None, extra: dict[str, Any] | None = None,
+                 messages: tuple[Message, ...] = (), *, target: str | None = None):
+        if target is not None:  # the field's old name, still accepted from code written against it
+            if answer is not None:
+                raise TypeError("Target takes answer= or its old name target=, not both")
+            warnings.warn("Target(target=...) is deprecated: the field is now 'answer'", DeprecationWarning,
+                          stacklevel=2)
+            answer = target
+        if answer is None:
+            raise TypeError("Target needs its answer (the hidden word, city, ...)")
+        for name, value in (("id", id), ("task", task), ("answer", answer), ("extra", extra or {}),
+                            ("messages", messages)):
+            object.__setattr__(self, name, value)
 
     def extra_json(self) -> str:
         return json.dumps(self.extra, sort_keys=True)

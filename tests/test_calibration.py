@@ -280,7 +280,7 @@ def test_an_unlocatable_target_is_reported_and_kept_out_of_training(tmp_path, ti
     assert m["num_unlocatable_candidates"] == 4  # "   " was a candidate of each of the four other games
     assert excluded_target_ids(report) == {"twenty_questions-00099", "twenty_questions-00007"}
     assert excluded_target_ids(tmp_path / "out") == excluded_target_ids(report)  # read back from the JSON
-    training = [Target(id=r["id"], task="twenty_questions", target=r["target"])
+    training = [Target(id=r["id"], task="twenty_questions", answer=r["target"])
                 for r in pd.read_parquet(tmp_path / "targets.parquet").to_dict(orient="records")]
     kept = filter_training_targets(training, tmp_path / "out")
     assert [t.id for t in kept] == [f"twenty_questions-{i:05d}" for i in range(4)]
@@ -326,7 +326,7 @@ def test_packed_candidate_scores_match_one_forward_per_prefix(toy_path, tiny, te
     names = ["bee", "ant", "ice cream", "owl"]
     packed = score_candidates(model, trajectory, [build_elicitation(tokenizer, template, n) for n in names], budget)
     for c, name in enumerate(names):
-        trajectory.target = Target(id=name, task="twenty_questions", target=name)
+        trajectory.target = Target(id=name, task="twenty_questions", answer=name)
         (reference,) = score_beliefs_per_prefix(model, tokenizer, [trajectory], template).per_trajectory()
         torch.testing.assert_close(packed[:, c], reference, atol=1e-4, rtol=1e-4)
 

@@ -117,7 +117,7 @@ def test_cities_outside_the_knowledge_base_are_refused_by_name(judge):
     game = get_game("guess_my_city")
     for target, wanted in [("Geneva, Switzerland", "'Geneva' is not one of the"),
                            ("Paris, United States", "has 'Paris' in 'france', not in 'United States'")]:
-        state = game.new_state(Target(id="t", task="guess_my_city", target=target))
+        state = game.new_state(Target(id="t", task="guess_my_city", answer=target))
         with pytest.raises(ValueError, match=wanted):
             play_moves(game, judge, [state], ["Is it in Europe?"])
     with pytest.raises(SystemExit, match="'Atlantis' is not a city"):
@@ -128,12 +128,12 @@ def test_size_targets_and_examples():
     kb = load_city_kb()
     targets = city_targets()
     assert len(kb.nouns) == len(targets) >= 100
-    assert build_target("guess_my_city", "paris").target == "Paris, France"
-    assert build_target("guess_my_city", "Bangalore").target == "Bengaluru, India"
+    assert build_target("guess_my_city", "paris").answer == "Paris, France"
+    assert build_target("guess_my_city", "Bangalore").answer == "Bengaluru, India"
     for target in load_examples("guess_my_city") + targets:  # every built-in example is a KB city
         secret_city(kb, target)
     suite_targets, split = load_suite_targets(get_suite("guess_my_city"), "kb")
-    assert split == "kb" and [t.target for t in suite_targets] == [t.target for t in targets]
+    assert split == "kb" and [t.answer for t in suite_targets] == [t.answer for t in targets]
 
 
 def test_exact_posterior_by_hand(judge):

@@ -18,7 +18,7 @@ from deltabelief.policy.policy import Policy
 from deltabelief.rollout import rollout
 from deltabelief.types import JudgeReply, JudgeRequest, Target
 
-TARGETS = [Target(id=f"t{i}", task="twenty_questions", target=name) for i, name in enumerate(["apple", "bus", "cow"])]
+TARGETS = [Target(id=f"t{i}", task="twenty_questions", answer=name) for i, name in enumerate(["apple", "bus", "cow"])]
 
 
 class ParityJudge:

@@ -21,7 +21,7 @@ def judge():
 def request(secret: str, move: str) -> JudgeRequest:
     """What the Twenty Questions game sends for this move (empty history)."""
     game = get_game("twenty_questions")
-    state = game.new_state(Target(id=f"t-{secret}", task="twenty_questions", target=secret))
+    state = game.new_state(Target(id=f"t-{secret}", task="twenty_questions", answer=secret))
     return game.judge_request(state, move)
 
 
@@ -194,7 +194,7 @@ def test_scripted_judge_from_a_mapping():
 
 
 def test_scripted_judge_from_a_callable_and_strict_default():
-    judge = ScriptedJudge(lambda req: "finished" if req.target.target in req.move else "no")
+    judge = ScriptedJudge(lambda req: "finished" if req.target.answer in req.move else "no")
     assert [r.label for r in judge.answer_batch([request("dog", "dog?"), request("dog", "cat?")])] == ["finished", "no"]
     strict = ScriptedJudge({"Is it alive?": "yes"}, default=None)
     with pytest.raises(KeyError, match="Is it big"):

@@ -66,8 +66,8 @@ def one(game, target, move, judge):
 
 # ---------------------------------------------------------------- Guess My City
 
-LYON = Target(id="lyon", task="guess_my_city", target="Lyon, France")
-BENGALURU = Target(id="blr", task="guess_my_city", target="Bengaluru, India", extra={"aliases": ["Bangalore"]})
+LYON = Target(id="lyon", task="guess_my_city", answer="Lyon, France")
+BENGALURU = Target(id="blr", task="guess_my_city", answer="Bengaluru, India", extra={"aliases": ["Bangalore"]})
 
 
 def test_city_guess_with_city_and_country_finishes_without_the_judge():
@@ -114,7 +114,7 @@ def test_city_name_leaked_by_the_judge_is_masked_and_invalid_label_kept():
 
 
 def test_city_accents_unparsed_goal_and_empty_reply():
-    valparaiso = Target(id="v", task="guess_my_city", target="Valparaíso, Chile")
+    valparaiso = Target(id="v", task="guess_my_city", answer="Valparaíso, Chile")
     turn, _ = one(GuessMyCity(), valparaiso, "Is it Valparaiso, Chile?", FixedJudge("answered"))
     assert turn.status == "finished"
     assert fold("Ciudad  Juárez!") == "ciudad juarez" and mentions("in ciudad juarez?", "Ciudad Juárez")
@@ -127,14 +127,14 @@ def test_city_accents_unparsed_goal_and_empty_reply():
 
 def test_city_target_without_country_fails_with_its_id():
     with pytest.raises(ValueError, match="'bad-city'"):
-        GuessMyCity().new_state(Target(id="bad-city", task="guess_my_city", target="Surat"))
+        GuessMyCity().new_state(Target(id="bad-city", task="guess_my_city", answer="Surat"))
 
 
 # ---------------------------------------------------------------- Murder Mystery
 
 STORY = ("At the old mill, miller Jonas Berg is found dead. The suspects are his brother Karl and the clerk "
          "Ada. The true culprit is Dr. Mira Holt, the village doctor, who poisoned him over a debt.")
-MILL = Target(id="mill", task="murder_mystery", target=STORY, extra={"scenario": "Jonas Berg died at the mill."})
+MILL = Target(id="mill", task="murder_mystery", answer=STORY, extra={"scenario": "Jonas Berg died at the mill."})
 
 
 def test_culprit_is_read_from_the_story():
@@ -168,14 +168,14 @@ def test_mystery_multi_question_move_is_invalid():
 
 
 def test_mystery_without_culprit_trusts_the_judge_on_accusations():
-    target = Target(id="m2", task="murder_mystery", target="A story that hides who did it.", extra={"scenario": "x"})
+    target = Target(id="m2", task="murder_mystery", answer="A story that hides who did it.", extra={"scenario": "x"})
     turn, _ = one(MurderMystery(), target, "I accuse the gardener of the murder.", FixedJudge("goal reached"))
     assert turn.status == "finished"
 
 
 # ---------------------------------------------------------------- Customer Service
 
-WASHER = Target(id="washer", task="customer_service", target="The child lock is on; turning it off fixes it.",
+WASHER = Target(id="washer", task="customer_service", answer="The child lock is on; turning it off fixes it.",
                 extra={"scenario": "The washing machine will not start."})
 
 
@@ -193,12 +193,12 @@ def test_service_multi_question_move_is_invalid_and_scenario_is_required():
     turn, _ = one(CustomerService(), WASHER, "Is it on? Is the door shut?", FixedJudge("goal reached"))
     assert turn.status == "invalid"
     with pytest.raises(ValueError, match="'no-scenario'"):
-        CustomerService().opening_messages(Target(id="no-scenario", task="customer_service", target="fix"))
+        CustomerService().opening_messages(Target(id="no-scenario", task="customer_service", answer="fix"))
 
 
 # ---------------------------------------------------------------- Personalization
 
-NADIA = Target(id="p", task="personalization", target="What should I cook tonight?",
+NADIA = Target(id="p", task="personalization", answer="What should I cook tonight?",
                extra={"persona": "Nadia is a vegetarian nurse who loves spicy food.", "gold_response": "A chili."})
 
 
@@ -218,8 +218,8 @@ def test_final_answer_messages_and_ratings():
     history = [("Do you eat meat?", "No."), ("Spicy?", "Yes, very.")]
     messages = final_answer_messages(game, NADIA, history, 2)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert messages[-1]["content"].startswith("Yes, very.\n\n") and NADIA.target in messages[-1]["content"]
-    assert final_answer_messages(game, NADIA, history, 0)[-1]["content"].startswith(NADIA.target)
+    assert messages[-1]["content"].startswith("Yes, very.\n\n") and NADIA.answer in messages[-1]["content"]
+    assert final_answer_messages(game, NADIA, history, 0)[-1]["content"].startswith(NADIA.answer)
     request = rating_request(NADIA, "Make a spicy chickpea curry.")
     assert request.labels == RATING_LABELS and "A chili." in request.instructions
     assert parse_rating(JudgeReply(label="7")) == 7.0
@@ -301,7 +301,7 @@ def test_star_gate_pairs_load_with_gold_responses():
     targets = load_star_gate(STAR_GATE)
     assert len(targets) == 500 and len({t.id for t in targets}) == 500
     first = next(t for t in targets if t.id == "prompt-0 persona-0")
-    assert first.extra["persona_name"] == "Reece" and first.target.startswith("Is there a chart")
+    assert first.extra["persona_name"] == "Reece" and first.answer.startswith("Is there a chart")
     assert first.extra["gold_response"].startswith("Absolutely, Reece")
     Personalization().new_state(first)
     assert sum("gold_response" not in t.extra for t in targets) == 1  # 'prompt-44 persona-4' has an empty one

@@ -34,7 +34,7 @@ def test_token_logprobs_equal_a_full_forward_at_the_temperature():
 
 
 def _targets(n):
-    return [Target(id=f"t{i}", task="twenty_questions", target=f"thing{i}") for i in range(n)]
+    return [Target(id=f"t{i}", task="twenty_questions", answer=f"thing{i}") for i in range(n)]
 
 
 def test_targets_for_step_depend_only_on_seed_and_step_and_cover_each_epoch():

@@ -17,8 +17,8 @@ from deltabelief.rollout import rollout, rollout_with_stats
 from deltabelief.types import JudgeReply, JudgeRequest, Target
 
 TARGETS = [
-    Target(id="t0", task="twenty_questions", target="apple"),
-    Target(id="t1", task="twenty_questions", target="bus"),
+    Target(id="t0", task="twenty_questions", answer="apple"),
+    Target(id="t1", task="twenty_questions", answer="bus"),
 ]
 
 
@@ -61,7 +61,7 @@ class FinishTargetJudge:
         self.winner = winner
 
     def answer_batch(self, requests: list[JudgeRequest]) -> list[JudgeReply]:
-        return [JudgeReply(label="finished" if r.target.target == self.winner else "no") for r in requests]
+        return [JudgeReply(label="finished" if r.target.answer == self.winner else "no") for r in requests]
 
 
 class LabelGame:

@@ -26,12 +26,12 @@ SUCCESS_SUITES = ["twenty_questions", "guess_my_city", "murder_mystery", "custom
 def winning_move(target) -> str:
     """A move that wins under each game's rules (and the scripted judge below)."""
     if target.task == "twenty_questions":
-        return f"Is it a {target.target}?"
+        return f"Is it a {target.answer}?"
     if target.task == "guess_my_city":
-        return f"Is your city {target.target.split(',')[0]}?"
+        return f"Is your city {target.answer.split(',')[0]}?"
     if target.task == "murder_mystery":
         return f"I accuse {MurderMystery().culprit(target)} of the murder."
-    return f"Here is the fix: {target.target}"
+    return f"Here is the fix: {target.answer}"
 
 
 class ScriptedPolicy:

@@ -126,8 +126,8 @@ def test_reference_targets_keep_the_file_split_and_prompts(tmp_path):
 def test_targets_round_trip_and_load_with_hf_datasets(tmp_path):
     result = synthesize(DataConfig(source=PAPRIKA, teacher="none"), GameConfig(), tmp_path)
     targets = read_targets(result.targets_path)
-    assert targets[0].target == "Violin" and targets[0].extra["briefing"] == "instrument"
-    assert [t.target for t in read_targets(result.targets_path, split="test")] == ["Harp", "Penguin"]
+    assert targets[0].answer == "Violin" and targets[0].extra["briefing"] == "instrument"
+    assert [t.answer for t in read_targets(result.targets_path, split="test")] == ["Harp", "Penguin"]
     import datasets
 
     dataset = datasets.Dataset.from_parquet(str(result.targets_path))

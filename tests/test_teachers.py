@@ -118,7 +118,7 @@ def test_noisy_teacher_with_zero_noise_is_greedy_and_with_full_noise_is_random()
 
 def _play(teacher_name: str, epsilon: float = 0.3, max_turns: int = 20, seed: int = 0):
     kb = load_kb()
-    targets = [Target(id=f"t{i}", task="twenty_questions", target=n) for i, n in enumerate(kb.nouns)]
+    targets = [Target(id=f"t{i}", task="twenty_questions", answer=n) for i, n in enumerate(kb.nouns)]
     game = get_game("twenty_questions", max_turns=max_turns)
     games = play_teacher_games(
         make_teacher(teacher_name, kb, epsilon), targets, game, get_judge("kb"), kb, random.Random(seed)
@@ -129,7 +129,7 @@ def _play(teacher_name: str, epsilon: float = 0.3, max_turns: int = 20, seed: in
 def test_greedy_solves_every_kb_noun_within_20_turns_near_log2():
     kb, games = _play("greedy")
     assert len(games) == len(kb.nouns)
-    unsolved = [g.state.target.target for g in games if not g.state.solved]
+    unsolved = [g.state.target.answer for g in games if not g.state.solved]
     assert unsolved == []
     turns = [g.state.num_turns for g in games]
     assert max(turns) <= 20
@@ -159,15 +159,15 @@ def test_guess_below_guesses_the_last_few_nouns_in_a_random_order_and_still_solv
     kb = load_kb()
     game = get_game("twenty_questions", max_turns=20)
     judge = get_judge("kb", kb=kb)
-    targets = [Target(id=n, task="twenty_questions", target=n) for n in kb.nouns]
+    targets = [Target(id=n, task="twenty_questions", answer=n) for n in kb.nouns]
     games = play_teacher_games(GreedyTeacher(kb, guess_below=4), targets, game, judge, kb, random.Random(0))
     assert all(g.state.solved for g in games)
-    wrong = [(g.state.target.target, m) for g in games for m, s in zip(g.moves, g.statuses)
+    wrong = [(g.state.target.answer, m) for g in games for m, s in zip(g.moves, g.statuses)
              if s == "no" and kb.parse(m).kind == "guess"]
     assert wrong  # failed guesses of other nouns: what lets an imitator reach held-out targets
     for g in games:
         first_guess = next(t for t, m in enumerate(g.moves) if kb.parse(m).kind == "guess")
-        left = consistent_nouns(kb, g.moves[:first_guess], g.statuses[:first_guess], g.state.target.target)
+        left = consistent_nouns(kb, g.moves[:first_guess], g.statuses[:first_guess], g.state.target.answer)
         assert 1 <= len(left) <= 4  # it stopped splitting only once at most 4 nouns remained
         assert all(kb.parse(m).kind == "guess" for m in g.moves[first_guess:])  # then only guesses
     orders = {tuple(g.moves) for seed in range(6)
@@ -181,7 +181,7 @@ def test_guess_below_guesses_the_last_few_nouns_in_a_random_order_and_still_solv
 def test_repeat_epsilon_re_asks_an_answered_question_and_the_game_calls_it_repeated():
     kb = load_kb()
     game = get_game("twenty_questions", max_turns=20)
-    targets = [Target(id=n, task="twenty_questions", target=n) for n in kb.nouns[:40]]
+    targets = [Target(id=n, task="twenty_questions", answer=n) for n in kb.nouns[:40]]
     games = play_teacher_games(GreedyTeacher(kb, guess_below=4), targets, game, get_judge("kb", kb=kb), kb,
                                random.Random(0), repeat_epsilon=0.3)
     repeats = [(g, t) for g in games for t, s in enumerate(g.statuses) if s == "repeated"]

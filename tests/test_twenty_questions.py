@@ -27,7 +27,7 @@ def kb_judge():
 
 def new_game(secret: str = "dog", max_turns: int = 20, **kwargs):
     game = get_game("twenty_questions", max_turns=max_turns, **kwargs)
-    return game, game.new_state(Target(id=f"t-{secret}", task="twenty_questions", target=secret))
+    return game, game.new_state(Target(id=f"t-{secret}", task="twenty_questions", answer=secret))
 
 
 def play(game, judge, state, *moves):
@@ -179,7 +179,7 @@ def test_the_judge_sees_the_rules_target_and_history():
     play(game, judge, state, "Is it a plant?", "Is it a mineral?")
     first, second = judge.requests
     assert first.task == "twenty_questions" and first.labels == JUDGE_LABELS
-    assert "'dog'" in first.instructions and first.target.target == "dog"
+    assert "'dog'" in first.instructions and first.target.answer == "dog"
     assert second.history == (("Is it a plant?", "No."),)
 
 
@@ -214,9 +214,9 @@ def test_moves_after_a_win_raise():
 
 def test_play_moves_batches_only_the_moves_that_need_the_judge(kb_judge):
     game = get_game("twenty_questions")
-    targets = [Target(id=f"t{i}", task="twenty_questions", target=s) for i, s in enumerate(["dog", "apple", "car"])]
+    targets = [Target(id=f"t{i}", task="twenty_questions", answer=s) for i, s in enumerate(["dog", "apple", "car"])]
     states = [game.new_state(t) for t in targets]
-    judge = ScriptedJudge(lambda req: "yes" if req.target.target == "dog" else "no")
+    judge = ScriptedJudge(lambda req: "yes" if req.target.answer == "dog" else "no")
     results = play_moves(game, judge, states, ["Is it an animal?", "no question", "Is it a car?"])
     assert [r.status for r in results] == ["yes", "invalid", "finished"]
     assert [r.move for r in judge.requests] == ["Is it an animal?"]
@@ -234,7 +234,7 @@ def test_opening_messages_are_the_games_own_unless_the_target_brings_some():
     assert system["role"] == "system" and "7 questions" in system["content"]
     assert user == {"role": "user", "content": FIRST_PROMPT}
     shipped = ({"role": "system", "content": "Reference system prompt."}, {"role": "user", "content": "Ask away."})
-    target = Target(id="r1", task="twenty_questions", target="ability", messages=shipped)
+    target = Target(id="r1", task="twenty_questions", answer="ability", messages=shipped)
     messages = game.opening_messages(target)
     assert messages == [dict(m) for m in shipped]
     messages[0]["content"] = "changed"

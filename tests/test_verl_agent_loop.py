@@ -54,7 +54,7 @@ def play_games(tmp_path: Path, targets=("dog", "apple"), overrides=(), uids=None
     rollout batch, stub server)."""
     tokenizer = load_tokenizer("tiny")
     config = load_config("tiny", [f"policy.model={tokenizer.name_or_path}", *overrides])
-    rows = [Target(id=f"t-{name}", task="twenty_questions", target=name) for name in targets]
+    rows = [Target(id=f"t-{name}", task="twenty_questions", answer=name) for name in targets]
     data = write_verl_dataset(rows, config, tmp_path / "train.parquet")
     verl_config = compose_verl_config(config, train_files=str(data), val_files=str(data),
                                       agent_loop_config_path=str(write_agent_loop_config(tmp_path / "loops.yaml")))

@@ -148,7 +148,7 @@ def to_trajectory(tokenizer, game: CalibrationGame, index: int = 0) -> Trajector
     opening = game.messages[: _opening_length(game.messages, f"game {game.id!r}")]
     ids = prompt_ids(tokenizer, opening)
     trajectory = Trajectory(
-        target=Target(id=game.target_id, task=game.task, target=game.target), group_id=index, sample_index=index,
+        target=Target(id=game.target_id, task=game.task, answer=game.target), group_id=index, sample_index=index,
         input_ids=list(ids), prompt_length=len(ids), messages=[dict(m) for m in game.messages], solved=game.solved,
     )
     for move, answer, status in zip(game.moves, game.answers, game.statuses):

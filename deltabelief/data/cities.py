@@ -68,7 +68,7 @@ def _load(path: str) -> tuple[KnowledgeBase, tuple[Target, ...]]:
         raw = yaml.safe_load(fh)
     kb = build_city_kb(raw, source=path)
     targets = tuple(Target(id=f"city-{normalize_name(city).replace(' ', '-')}", task=TASK,
-                           target=f"{city}, {spec['country']}", extra={"aliases": list(spec.get("aliases", []))})
+                           answer=f"{city}, {spec['country']}", extra={"aliases": list(spec.get("aliases", []))})
                     for city, spec in raw["cities"].items())
     return kb, targets
 
@@ -185,7 +185,7 @@ def spec_continent(countries: dict[str, dict], spec: dict) -> str:
 def secret_city(kb: KnowledgeBase, target: Target) -> str:
     """The KB city a 'City, Country' target names; a ValueError names the target when it is not one."""
     try:
-        city, country = split_city(target.target)
+        city, country = split_city(target.answer)
     except ValueError as err:
         raise ValueError(f"target {target.id!r}: {err}") from None
     try:

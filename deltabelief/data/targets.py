@@ -136,7 +136,7 @@ class TargetTable:
             {
                 "id": t.id,
                 "task": t.task,
-                "target": t.target,
+                "target": t.answer,
                 "split": split,
                 "messages": [dict(m) for m in t.messages],
                 "extra": t.extra_json(),
@@ -162,14 +162,14 @@ def build_targets(data: DataConfig, game: GameConfig) -> TargetTable:
     for index, record in enumerate(kept):
         task = record.task or data.task
         target = Target(
-            id=f"{task}-{index:05d}", task=task, target=record.target, extra=dict(record.extra),
+            id=f"{task}-{index:05d}", task=task, answer=record.target, extra=dict(record.extra),
             messages=record.messages,
         )
         if not target.messages:
             if task not in games:
                 games[task] = build_game(game, task)
             opening = tuple(games[task].opening_messages(target))
-            target = Target(target.id, task, target.target, target.extra, opening)
+            target = Target(target.id, task, target.answer, target.extra, opening)
         targets.append(target)
     for duplicate in duplicates:  # name the kept target by its id and final split
         index = duplicate.pop("kept_index")
@@ -193,7 +193,7 @@ def read_targets(path: str | Path, split: str | None = None) -> list[Target]:
             Target(
                 id=row["id"],
                 task=row["task"],
-                target=row["target"],
+                answer=row["target"],
                 extra=json.loads(row["extra"]),
                 messages=tuple({"role": m["role"], "content": m["content"]} for m in row["messages"]),
             )

@@ -175,7 +175,7 @@ def play_teacher_games(
     games = [TeacherGame(state=game.new_state(t)) for t in targets]
     consistent: list[list[str]] = []
     for g in games:
-        nouns = consistent_nouns(kb, [], [], g.state.target.target)
+        nouns = consistent_nouns(kb, [], [], g.state.target.answer)
         consistent.append(nouns)
         g.log_posterior.append(0.0 - math.log(len(nouns)))
     while True:
@@ -189,7 +189,7 @@ def play_teacher_games(
         play_moves(game, judge, [games[i].state for i in active], moves)
         for i in active:
             g = games[i]
-            secret = g.state.target.target
+            secret = g.state.target.answer
             consistent[i] = consistent_nouns(kb, g.moves, g.statuses, secret)
             if secret not in consistent[i]:
                 raise ValueError(

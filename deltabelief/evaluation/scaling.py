@@ -70,7 +70,7 @@ def game_row(suite: str, trajectory: Trajectory, budget: int, rating: float = ma
     return {
         "suite": suite,
         "target_id": trajectory.target.id,
-        "target": trajectory.target.target,
+        "target": trajectory.target.answer,
         "sample": int(trajectory.sample_index),
         "budget": int(budget),
         "num_turns": outcome.num_turns,

@@ -116,7 +116,7 @@ def load_examples(task: str, directory: Path = EXAMPLES_DIR) -> list[Target]:
         if not isinstance(item.get("extra", {}), dict):
             raise ValueError(f"{where}: 'extra' must be an object")
         seen.add(name)
-        targets.append(Target(id=name, task=task, target=item["target"].strip(), extra=dict(item.get("extra", {}))))
+        targets.append(Target(id=name, task=task, answer=item["target"].strip(), extra=dict(item.get("extra", {}))))
     return targets
 
 

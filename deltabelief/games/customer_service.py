@@ -1,6 +1,6 @@
 """Customer Service: the questioner is a support agent who must find a customer's fix.
 
-The judge plays a non-technical customer. ``target.target`` is the true cause and
+The judge plays a non-technical customer. ``target.answer`` is the true cause and
 its fix (as in the reference data); ``extra['scenario']`` is the customer's
 complaint (``extra['briefing']`` for PAPRIKA configs); the game's own opening prompt
 needs it, the judge uses it when present.
@@ -59,7 +59,7 @@ class CustomerService(RolePlayGame):
     def judge_instructions(self, target: Target) -> str:
         scenario = target.extra.get("scenario") or target.extra.get("briefing")
         line = f"Your problem: {scenario.strip()}\n" if isinstance(scenario, str) and scenario.strip() else ""
-        return JUDGE_PROMPT.format(scenario_line=line, fix=target.target.strip())
+        return JUDGE_PROMPT.format(scenario_line=line, fix=target.answer.strip())
 
 
 @register_game(NAME)

@@ -1,6 +1,6 @@
 """Guess My City: the questioner finds the other player's home city by asking about it.
 
-The judge plays someone from the city (``target.target``, written 'City, Country').
+The judge plays someone from the city (``target.answer``, written 'City, Country').
 It answers open questions about the city without naming it, and replies
 'Goal reached' when the questioner guesses the city. Rules on top of
 :mod:`deltabelief.games.role_play`:
@@ -67,7 +67,7 @@ class GuessMyCity(RolePlayGame):
 
     def validate_target(self, target: Target) -> None:
         try:
-            split_city(target.target)
+            split_city(target.answer)
         except ValueError as err:
             raise ValueError(f"target {target.id!r} (task {target.task!r}): {err}") from None
         aliases = target.extra.get("aliases", [])
@@ -75,7 +75,7 @@ class GuessMyCity(RolePlayGame):
             raise ValueError(f"target {target.id!r}: extra['aliases'] must be a list of names, got {aliases!r}")
 
     def city_names(self, target: Target) -> list[str]:
-        city, _ = split_city(target.target)
+        city, _ = split_city(target.answer)
         return [city, *target.extra.get("aliases", [])]
 
     def names_city(self, target: Target, move: str) -> bool:
@@ -88,11 +88,11 @@ class GuessMyCity(RolePlayGame):
         ]
 
     def judge_instructions(self, target: Target) -> str:
-        city, country = split_city(target.target)
+        city, country = split_city(target.answer)
         return JUDGE_PROMPT.format(city=city, country=country)
 
     def goal_by_rule(self, state: GameState, move: str) -> bool:
-        _, country = split_city(state.target.target)
+        _, country = split_city(state.target.answer)
         return self.names_city(state.target, move) and mentions(move, country)
 
     def accept_goal(self, state: GameState, move: str) -> bool:

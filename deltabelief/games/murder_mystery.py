@@ -1,7 +1,7 @@
 """Murder Mystery: the questioner is a detective who must name the true culprit.
 
 The judge plays the narrator and every character of the scenario, knowing the
-hidden story. ``target.target`` is that story (as in the reference data);
+hidden story. ``target.answer`` is that story (as in the reference data);
 ``extra['culprit']`` names the culprit when known, otherwise it is read from the
 story ('The true culprit is X', 'The murderer is X', ...). ``extra['scenario']``
 (or PAPRIKA's ``extra['briefing']``) is the detective's brief, used when the target
@@ -92,7 +92,7 @@ class MurderMystery(RolePlayGame):
     name = NAME
 
     def story(self, target: Target) -> str:
-        story = target.extra.get("story", target.target)
+        story = target.extra.get("story", target.answer)
         if not isinstance(story, str) or not story.strip():
             raise ValueError(f"target {target.id!r} (task {target.task!r}) has no story")
         return story.strip()

@@ -1,6 +1,6 @@
 """User Personalization, following the STaR-GATE protocol (Andukuri et al., 2024).
 
-A persona × task pair is one target: ``target.target`` is the user's request
+A persona × task pair is one target: ``target.answer`` is the user's request
 (the task) and ``extra['persona']`` describes the user, who is role-played by the
 judge. For ``max_turns`` turns (3 in the protocol) the agent asks one clarifying
 question and the role-played user answers from the persona. After each turn t
@@ -88,11 +88,11 @@ class Personalization(RolePlayGame):
     def own_opening_messages(self, target: Target) -> list[Message]:
         return [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": target.target.strip()},
+            {"role": "user", "content": target.answer.strip()},
         ]
 
     def judge_instructions(self, target: Target) -> str:
-        return USER_PROMPT.format(persona=require_field(target, "persona"), task=target.target.strip())
+        return USER_PROMPT.format(persona=require_field(target, "persona"), task=target.answer.strip())
 
 
 @register_game(NAME)
@@ -117,7 +117,7 @@ def final_answer_messages(
     for move, answer in history[:num_turns]:
         messages.append({"role": "assistant", "content": move})
         messages.append({"role": "user", "content": answer})
-    final = FINAL_PROMPT.format(task=target.target.strip())
+    final = FINAL_PROMPT.format(task=target.answer.strip())
     messages[-1] = {"role": "user", "content": f"{messages[-1]['content']}\n\n{final}"}
     return messages
 
@@ -127,7 +127,7 @@ def rating_request(target: Target, answer: str, history: tuple[tuple[str, str], 
     reference = target.extra.get("gold_response")
     block = REFERENCE_BLOCK.format(reference=reference.strip()) if isinstance(reference, str) and reference.strip() else ""
     instructions = RATING_RUBRIC.format(
-        persona=require_field(target, "persona"), task=target.target.strip(), reference_block=block
+        persona=require_field(target, "persona"), task=target.answer.strip(), reference_block=block
     )
     return JudgeRequest(
         task=RATING_TASK, target=target, move=answer.strip() or "(empty answer)", history=history,
@@ -233,7 +233,7 @@ def load_star_gate(directory: str | Path) -> list[Target]:
                     extra["gold_response"] = responses[0].strip()
             if "gold_response" not in extra:
                 no_gold.append(pair)
-            targets.append(Target(id=pair, task=NAME, target=task, extra=extra))
+            targets.append(Target(id=pair, task=NAME, answer=task, extra=extra))
     if no_gold:
         log.warning("%d STaR-GATE pair(s) have no gold response; rated without a reference answer: %s",
                     len(no_gold), no_gold[:10])

@@ -112,7 +112,7 @@ class RolePlayGame:
 
     def validate_target(self, target: Target) -> None:
         """Raise ValueError naming the target when it lacks what the game needs."""
-        if not target.target.strip():
+        if not target.answer.strip():
             raise ValueError(f"target {target.id!r} (task {target.task!r}) has an empty 'target'")
 
     def own_opening_messages(self, target: Target) -> list[Message]:

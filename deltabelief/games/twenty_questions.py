@@ -104,8 +104,8 @@ class TwentyQuestions:
         asked = {normalize_move(t.move) for t in state.turns if t.status != "invalid"}
         if normalize_move(text) in asked:
             return StepResult(REPEATED_MESSAGE, "repeated", False)
-        if names_target(text, state.target.target):
-            return StepResult(SOLVED_MESSAGE.format(target=state.target.target), "finished", True)
+        if names_target(text, state.target.answer):
+            return StepResult(SOLVED_MESSAGE.format(target=state.target.answer), "finished", True)
         return None
 
     def judge_request(self, state: GameState, move: str) -> JudgeRequest:
@@ -114,7 +114,7 @@ class TwentyQuestions:
             target=state.target,
             move=move.strip(),
             history=state.history(),
-            instructions=JUDGE_PROMPT.format(target=state.target.target),
+            instructions=JUDGE_PROMPT.format(target=state.target.answer),
             labels=JUDGE_LABELS,
         )
 
@@ -122,7 +122,7 @@ class TwentyQuestions:
         label = reply.label if reply.parsed else "invalid"
         if label == "finished":
             if reply.details.get("kind") == "guess":  # an exact judge matched a synonym of the secret
-                return StepResult(SOLVED_MESSAGE.format(target=state.target.target), "finished", True)
+                return StepResult(SOLVED_MESSAGE.format(target=state.target.answer), "finished", True)
             # The secret was not named (precheck would have caught it): the judge meant yes.
             label = "yes"
         if label == "yes":

@@ -70,7 +70,7 @@ class KBJudge:
             )
         if request.task == cities.TASK:
             return self._answer_city(request)
-        secret = request.target.target
+        secret = request.target.answer
         try:
             status, message = self.kb.answer(secret, request.move)
         except KnowledgeBaseError as exc:

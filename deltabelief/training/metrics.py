@@ -54,7 +54,7 @@ def information_metrics(trajectories: Sequence[Trajectory], kb) -> dict[str, flo
     from deltabelief.information import question_bits
 
     bits = torch.tensor([b for t in trajectories
-                         for b in question_bits(kb, [x.move for x in t.turns], t.statuses(), t.target.target)])
+                         for b in question_bits(kb, [x.move for x in t.turns], t.statuses(), t.target.answer)])
     solved = [t.num_turns for t in trajectories if t.solved]
     return {
         "info/bits_per_question": _mean(bits),

@@ -73,7 +73,7 @@ def target_from_row(row: dict[str, Any]) -> Target:
         raise ValueError(f"dataset row has no extra_info.target (index {row.get('index')!r}); "
                          "write the dataset with deltabelief.integrations.verl.runner.write_verl_dataset")
     messages = tuple({"role": m["role"], "content": m["content"]} for m in row["raw_prompt"])
-    return Target(id=str(info["target_id"]), task=str(info["task"]), target=str(info["target"]),
+    return Target(id=str(info["target_id"]), task=str(info["task"]), answer=str(info["target"]),
                   extra=json.loads(info["extra_json"]), messages=messages)
 
 
@@ -184,7 +184,7 @@ class DeltaBeliefGameLoop(AgentLoopBase):
                 "db_moves": list(episode.moves),
                 "db_solved": bool(state.solved),
                 "db_truncated": episode.truncated,
-                "db_target": target.target,
+                "db_target": target.answer,
                 "db_target_id": target.id,
             },
         )

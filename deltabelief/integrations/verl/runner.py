@@ -213,8 +213,8 @@ def dataset_rows(targets: list[Target], config: Config) -> list[dict[str, Any]]:
             "data_source": target.task,
             "prompt": messages,
             "agent_name": AGENT_LOOP_NAME,
-            "reward_model": {"style": "rule", "ground_truth": target.target},
-            "extra_info": {"index": index, "target_id": target.id, "task": target.task, "target": target.target,
+            "reward_model": {"style": "rule", "ground_truth": target.answer},
+            "extra_info": {"index": index, "target_id": target.id, "task": target.task, "target": target.answer,
                            "extra_json": target.extra_json()},
         })
     return rows
