@@ -111,6 +111,9 @@ class GameConfig:
     max_question_chars: int = 200
     kb_nouns: list[str] = field(default_factory=list)
     """Restrict the knowledge base to these nouns (empty: all). The tiny preset uses 4."""
+    candidates_in_prompt: bool = False
+    """Twenty Questions on the knowledge base: the system prompt lists its nouns (``kb_nouns``, or
+    all), so a guess can name a secret the warm start never saw."""
 
 
 @dataclass
@@ -234,6 +237,10 @@ class SFTConfig:
     skip_rejected_moves: bool = True
     """Give no loss to moves the game rejected ('repeated', 'invalid'): learn what follows them,
     never the mistake itself."""
+    skip_winning_guess: bool = False
+    """Give no loss to the move that solved the game. Teacher games end on a training target, so
+    imitating that move teaches that held-out targets are never the answer; the teacher's wrong
+    guesses, spread over every noun still consistent, teach guessing without that bias."""
     packing: Literal["none", "prefix_tree"] = "none"
     """'prefix_tree': a batch is neighbouring conversations in token order, packed so shared
     prefixes run once (same loss; teacher games share most of their tokens)."""
@@ -492,6 +499,9 @@ def check_ranges(config: Config) -> Config:
     if game.max_question_chars < game.min_question_chars:
         problems.append(f"game.max_question_chars = {game.max_question_chars} must be >= "
                         f"game.min_question_chars = {game.min_question_chars}")
+    if game.candidates_in_prompt and (game.task, config.data.source) != ("twenty_questions", "kb"):
+        problems.append(f"game.candidates_in_prompt lists knowledge-base nouns: it needs game.task = "
+                        f"'twenty_questions' and data.source = 'kb' (got {game.task!r}, {config.data.source!r})")
     if config.policy.backend == "openai" and not config.policy.base_url:
         problems.append("policy.backend = 'openai' needs policy.base_url (e.g. http://127.0.0.1:8000/v1)")
     if config.judge.unanswerable_as_invalid and config.reward.unanswerable_penalty != RewardConfig.unanswerable_penalty:

@@ -124,6 +124,8 @@ def test_overrides_apply_on_top_of_a_preset():
         (["optim.lr=.nan"], r"optim\.lr = nan must be > 0"),
         (["ppo.dual_clip=1"], r"ppo\.dual_clip = 1\.0 must be > 1"),
         (["game.min_question_chars=50", "game.max_question_chars=10"], r"max_question_chars = 10 must be >= "),
+        (["game.candidates_in_prompt=true", "data.source=words:nouns.txt"],
+         r"candidates_in_prompt .*data\.source = 'kb' \(got 'twenty_questions', 'words:nouns\.txt'\)"),
     ],
 )
 def test_values_out_of_range_are_refused_naming_key_value_and_rule(overrides, message):

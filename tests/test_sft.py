@@ -6,7 +6,7 @@ import torch
 
 from deltabelief.config import OptimConfig, SFTConfig, load_config
 from deltabelief.policy.loading import load_causal_lm, tiny_causal_lm
-from deltabelief.training.sft import build_example, load_conversations, train_sft, warm_start
+from deltabelief.training.sft import build_example, load_conversations, train_sft, untrained_statuses, warm_start
 
 CONVERSATION = [
     {"role": "system", "content": "You ask yes/no questions."},
@@ -150,7 +150,7 @@ def test_a_rejected_move_stays_in_the_context_without_loss(tmp_path, tokenizer):
                           "statuses": [["no", "repeated", "finished"]]})
     path = tmp_path / "trajectories.parquet"
     frame.to_parquet(path)
-    (marked,) = load_conversations(path, "train", skip_rejected=True)
+    (marked,) = load_conversations(path, "train", untrained_statuses(SFTConfig()))
     assert [m.get("trained", True) for m in marked if m["role"] == "assistant"] == [True, False, True]
     example = build_example(tokenizer, marked, 4096)
     plain = build_example(tokenizer, repeated, 4096)
@@ -158,5 +158,7 @@ def test_a_rejected_move_stays_in_the_context_without_loss(tmp_path, tokenizer):
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     move = tokenizer("Is it alive?", add_special_tokens=False)["input_ids"] + [end]
     assert sum(plain.loss_mask) - sum(example.loss_mask) == len(move)  # ... but only once a target
-    (unmarked,) = load_conversations(path, "train", skip_rejected=False)
+    (unmarked,) = load_conversations(path, "train", untrained_statuses(SFTConfig(skip_rejected_moves=False)))
     assert all("trained" not in m for m in unmarked)
+    (unsolved,) = load_conversations(path, "train", untrained_statuses(SFTConfig(skip_winning_guess=True)))
+    assert [m.get("trained", True) for m in unsolved if m["role"] == "assistant"] == [True, False, False]

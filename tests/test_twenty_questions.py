@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deltabelief.games.base import GameRecord, get_game, play_moves
+from deltabelief.config import GameConfig
+from deltabelief.games.base import GameRecord, build_game, get_game, play_moves
 from deltabelief.games.twenty_questions import (
     FIRST_PROMPT,
     INVALID_MESSAGE,
@@ -239,6 +240,14 @@ def test_opening_messages_are_the_games_own_unless_the_target_brings_some():
     assert messages == [dict(m) for m in shipped]
     messages[0]["content"] = "changed"
     assert target.messages[0]["content"] == "Reference system prompt."  # a copy
+
+
+def test_the_prompt_lists_the_worlds_nouns_only_when_asked():
+    listed = build_game(GameConfig(kb_nouns=["cat", "vacuum cleaner", "apple"], candidates_in_prompt=True))
+    system = listed.opening_messages(Target(id="cat", task="twenty_questions", target="cat"))[0]["content"]
+    assert system.endswith("The secret is one of these 3 things: apple, cat, vacuum cleaner.")
+    plain = build_game(GameConfig(kb_nouns=["cat", "apple"]))
+    assert "one of these" not in plain.opening_messages(Target(id="cat", task="twenty_questions", target="cat"))[0]["content"]
 
 
 def test_game_construction():

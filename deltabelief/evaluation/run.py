@@ -184,7 +184,7 @@ def _run_suites(config, policy, *, data, game, targets, judges, play_fn, answer_
             candidates, split = load_suite_targets(spec, source, data, game)
         chosen = select_targets(candidates, config.num_targets, config.seed)
         judge, judge_name = judges.for_suite(spec)
-        played = suite_game(spec, config)
+        played = suite_game(spec, config, game)
         if spec.rated:
             run = run_rated_suite(spec, played, judge, chosen, config, policy, play_fn, answer_fn(), progress)
         else:

@@ -266,7 +266,8 @@ def run_rated_suite(
     return run
 
 
-def suite_game(spec: SuiteSpec, config: EvalConfig) -> Game:
-    """The suite's game with the default rules and the turns its budgets need."""
+def suite_game(spec: SuiteSpec, config: EvalConfig, game: GameConfig) -> Game:
+    """The suite's game with the turns its budgets need: under the run's rules ``game`` (its
+    prompt included) when it is the game the run trains on, else under the default rules."""
     turns = config.personalization_turns if spec.rated else max(config.budgets)
-    return build_game(GameConfig(), spec.game, max_turns=turns)
+    return build_game(game if spec.game == game.task else GameConfig(), spec.game, max_turns=turns)

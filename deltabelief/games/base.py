@@ -153,6 +153,16 @@ def get_game(name: str, **kwargs) -> Game:
     return GAMES.get(name)(**kwargs)
 
 
+def prompt_candidates(config: GameConfig) -> tuple[str, ...]:
+    """The nouns the Twenty Questions prompt lists, in alphabetical order: none unless
+    ``candidates_in_prompt``."""
+    if not config.candidates_in_prompt:
+        return ()
+    from deltabelief.data.knowledge_base import load_kb  # a YAML read that games without the list skip
+
+    return tuple(sorted(load_kb(nouns=config.kb_nouns or None).nouns))
+
+
 def build_game(config: GameConfig, task: str | None = None, max_turns: int | None = None) -> Game:
     """The game a config describes: ``task`` (default ``config.task``) under the rules of
     ``config``; ``max_turns`` replaces ``config.max_turns`` (an evaluation budget)."""
@@ -160,5 +170,5 @@ def build_game(config: GameConfig, task: str | None = None, max_turns: int | Non
     turns = max_turns or config.max_turns
     if task == "twenty_questions":
         return get_game(task, max_turns=turns, min_question_chars=config.min_question_chars,
-                        max_question_chars=config.max_question_chars)
+                        max_question_chars=config.max_question_chars, candidates=prompt_candidates(config))
     return get_game(task, max_turns=turns)

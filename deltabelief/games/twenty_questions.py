@@ -43,6 +43,7 @@ SYSTEM_PROMPT = (
     "Use the answers to narrow the possibilities, and when you are confident, guess by asking "
     "'Is it a <thing>?'. You have {max_turns} questions. Reply with the question only."
 )
+CANDIDATES_PROMPT = " The secret is one of these {count} things: {names}."
 FIRST_PROMPT = "I am thinking of a secret thing. Ask your first yes/no question."
 
 JUDGE_PROMPT = (
@@ -77,18 +78,27 @@ def is_single_question(move: str) -> bool:
 class TwentyQuestions:
     name = NAME
 
-    def __init__(self, max_turns: int = 20, min_question_chars: int = 8, max_question_chars: int = 200):
+    def __init__(self, max_turns: int = 20, min_question_chars: int = 8, max_question_chars: int = 200,
+                 candidates: Sequence[str] = ()):
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
         self.max_turns = max_turns
         self.min_question_chars = min_question_chars
         self.max_question_chars = max_question_chars
+        self.candidates = tuple(candidates)
+        """Things the system prompt lists as the possible secrets (empty: no list)."""
+
+    def system_prompt(self) -> str:
+        prompt = SYSTEM_PROMPT.format(max_turns=self.max_turns)
+        if self.candidates:
+            prompt += CANDIDATES_PROMPT.format(count=len(self.candidates), names=", ".join(self.candidates))
+        return prompt
 
     def opening_messages(self, target: Target) -> list[Message]:
         if target.messages:
             return [dict(m) for m in target.messages]
         return [
-            {"role": "system", "content": SYSTEM_PROMPT.format(max_turns=self.max_turns)},
+            {"role": "system", "content": self.system_prompt()},
             {"role": "user", "content": FIRST_PROMPT},
         ]
 
@@ -138,5 +148,6 @@ class TwentyQuestions:
 
 
 @register_game(NAME)
-def make_twenty_questions(max_turns: int = 20, min_question_chars: int = 8, max_question_chars: int = 200):
-    return TwentyQuestions(max_turns, min_question_chars, max_question_chars)
+def make_twenty_questions(max_turns: int = 20, min_question_chars: int = 8, max_question_chars: int = 200,
+                          candidates: Sequence[str] = ()):
+    return TwentyQuestions(max_turns, min_question_chars, max_question_chars, candidates)

@@ -31,13 +31,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from deltabelief.config import Config, OptimConfig, SFTConfig
 from deltabelief.policy.chat import ChatTemplateError, encode, pad_id, render
+from deltabelief.types import SOLVED_STATUSES
 from deltabelief.threads import ThreadFitter
 from deltabelief.training.data_parallel import DataParallel
 from deltabelief.training.logprobs import right_pad, token_logprobs
@@ -111,12 +112,16 @@ REJECTED_STATUSES = ("repeated", "invalid")
 """Moves the game refused: with ``sft.skip_rejected_moves`` they are context, never targets."""
 
 
-def load_conversations(path: str | Path, split: str = "train", skip_rejected: bool = False) -> list[list[Message]]:
+def untrained_statuses(sft: SFTConfig) -> tuple[str, ...]:
+    """Statuses whose moves stay in the context without loss, as ``sft`` asks."""
+    return (REJECTED_STATUSES if sft.skip_rejected_moves else ()) + (SOLVED_STATUSES if sft.skip_winning_guess else ())
+
+
+def load_conversations(path: str | Path, split: str = "train", untrained: Collection[str] = ()) -> list[list[Message]]:
     """The ``messages`` of every row of a trajectories parquet (only ``split`` rows unless empty).
 
-    With ``skip_rejected`` an assistant move whose status (the ``statuses`` column, when the
-    file has one) is in ``REJECTED_STATUSES`` is marked ``"trained": False``: it stays in the
-    context, without loss.
+    An assistant move whose status (the ``statuses`` column, when the file has one) is in
+    ``untrained`` is marked ``"trained": False``: it stays in the context, without loss.
     """
     from deltabelief.data.files import DataFileError, read_parquet
 
@@ -128,7 +133,7 @@ def load_conversations(path: str | Path, split: str = "train", skip_rejected: bo
         frame = frame[frame["split"] == split]
         if frame.empty:
             raise ValueError(f"{path}: no rows with split == {split!r}")
-    marked = skip_rejected and "statuses" in frame.columns  # conversations from elsewhere may have none
+    marked = bool(untrained) and "statuses" in frame.columns  # conversations from elsewhere may have none
     statuses = frame["statuses"] if marked else [None] * len(frame)
     conversations = []
     for row_id, messages, row_statuses in zip(frame.get("id", frame.index), frame["messages"], statuses):
@@ -140,7 +145,7 @@ def load_conversations(path: str | Path, split: str = "train", skip_rejected: bo
             if len(moves) != len(row_statuses):
                 raise ValueError(f"{path}: row {row_id!r} has {len(moves)} moves but {len(row_statuses)} statuses")
             for move, status in zip(moves, row_statuses):
-                if status in REJECTED_STATUSES:
+                if status in untrained:
                     move["trained"] = False
         conversations.append(items)
     return conversations
@@ -278,7 +283,7 @@ def warm_start(config: Config, trajectories: str | Path, out_dir: str | Path, *,
     parallel = parallel or DataParallel()
     result = SFTResult(None)
     if config.sft.enabled:
-        conversations = load_conversations(trajectories, config.sft.split, config.sft.skip_rejected_moves)
+        conversations = load_conversations(trajectories, config.sft.split, untrained_statuses(config.sft))
         result = train_sft(policy.model, policy.tokenizer, conversations, config.sft, config.optim,
                            progress=progress, log_fn=log_fn, num_threads=config.policy.num_threads,
                            adapt_threads=config.policy.adapt_threads, parallel=parallel)
