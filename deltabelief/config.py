@@ -112,8 +112,8 @@ class GameConfig:
     kb_nouns: list[str] = field(default_factory=list)
     """Restrict the knowledge base to these nouns (empty: all). The tiny preset uses 4."""
     candidates_in_prompt: bool = False
-    """Twenty Questions on the knowledge base: the system prompt lists its nouns (``kb_nouns``, or
-    all), so a guess can name a secret the warm start never saw."""
+    """Twenty Questions on the knowledge base: the system prompt lists the nouns of ``kb_nouns``,
+    so a guess can name a secret the warm start never saw."""
 
 
 @dataclass
@@ -499,9 +499,10 @@ def check_ranges(config: Config) -> Config:
     if game.max_question_chars < game.min_question_chars:
         problems.append(f"game.max_question_chars = {game.max_question_chars} must be >= "
                         f"game.min_question_chars = {game.min_question_chars}")
-    if game.candidates_in_prompt and (game.task, config.data.source) != ("twenty_questions", "kb"):
-        problems.append(f"game.candidates_in_prompt lists knowledge-base nouns: it needs game.task = "
-                        f"'twenty_questions' and data.source = 'kb' (got {game.task!r}, {config.data.source!r})")
+    if game.candidates_in_prompt and ((game.task, config.data.source) != ("twenty_questions", "kb") or not game.kb_nouns):
+        problems.append(f"game.candidates_in_prompt lists the nouns of game.kb_nouns: it needs game.task = "
+                        f"'twenty_questions', data.source = 'kb' and game.kb_nouns given (got {game.task!r}, "
+                        f"{config.data.source!r}, {len(game.kb_nouns)} nouns)")
     if config.policy.backend == "openai" and not config.policy.base_url:
         problems.append("policy.backend = 'openai' needs policy.base_url (e.g. http://127.0.0.1:8000/v1)")
     if config.judge.unanswerable_as_invalid and config.reward.unanswerable_penalty != RewardConfig.unanswerable_penalty:

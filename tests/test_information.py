@@ -44,7 +44,7 @@ def test_answers_that_contradict_the_target_are_refused_naming_the_turn(kb):
 
 def _game(target, moves, statuses, solved, sample=0):
     turns = [types.SimpleNamespace(move=m) for m in moves]
-    return types.SimpleNamespace(target=types.SimpleNamespace(id=f"id-{target}", target=target), turns=turns,
+    return types.SimpleNamespace(target=types.SimpleNamespace(id=f"id-{target}", answer=target), turns=turns,
                                  statuses=lambda: list(statuses), solved=solved, sample_index=sample,
                                  num_turns=len(moves))
 

@@ -154,13 +154,9 @@ def get_game(name: str, **kwargs) -> Game:
 
 
 def prompt_candidates(config: GameConfig) -> tuple[str, ...]:
-    """The nouns the Twenty Questions prompt lists, in alphabetical order: none unless
-    ``candidates_in_prompt``."""
-    if not config.candidates_in_prompt:
-        return ()
-    from deltabelief.data.knowledge_base import load_kb  # a YAML read that games without the list skip
-
-    return tuple(sorted(load_kb(nouns=config.kb_nouns or None).nouns))
+    """The nouns the Twenty Questions prompt lists (``game.kb_nouns``, alphabetical): none
+    unless ``candidates_in_prompt``."""
+    return tuple(sorted(config.kb_nouns)) if config.candidates_in_prompt else ()
 
 
 def build_game(config: GameConfig, task: str | None = None, max_turns: int | None = None) -> Game:
