@@ -72,6 +72,8 @@ def suite_signature(config: Config) -> str:
         "sources": ev.sources, "seed": ev.seed, "judge": ev.judge.backend, "judge_model": ev.judge.model,
         "data": [config.data.source, config.data.seed, config.data.split], "kb_nouns": config.game.kb_nouns,
     }
+    if config.game.candidates_in_prompt:  # another prompt is another evaluation; older signatures stay as they were
+        parts["candidates_in_prompt"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 

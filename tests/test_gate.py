@@ -49,3 +49,13 @@ def test_per_target_scores_come_from_the_gate_metrics_suite():
         target_scores(table, "twenty_questions/pass@1")
     with pytest.raises(ValueError, match="'murder_mystery' is not in the evaluation"):
         target_scores(table, "murder_mystery/success_mean")
+
+
+def test_the_prompt_list_is_part_of_the_suite_signature_and_training_settings_are_not():
+    from deltabelief.config import load_config
+    from deltabelief.pipeline import suite_signature
+
+    listed = load_config("cpu")
+    plain = load_config("cpu", ["game.candidates_in_prompt=false"])
+    assert suite_signature(listed) != suite_signature(plain)
+    assert suite_signature(plain) == suite_signature(load_config("cpu", ["game.candidates_in_prompt=false", "sft.epochs=9"]))
