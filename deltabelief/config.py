@@ -499,7 +499,8 @@ def check_ranges(config: Config) -> Config:
     if game.max_question_chars < game.min_question_chars:
         problems.append(f"game.max_question_chars = {game.max_question_chars} must be >= "
                         f"game.min_question_chars = {game.min_question_chars}")
-    if game.candidates_in_prompt and ((game.task, config.data.source) != ("twenty_questions", "kb") or not game.kb_nouns):
+    listable = (game.task, config.data.source) == ("twenty_questions", "kb") and game.kb_nouns
+    if game.candidates_in_prompt and not listable:
         problems.append(f"game.candidates_in_prompt lists the nouns of game.kb_nouns: it needs game.task = "
                         f"'twenty_questions', data.source = 'kb' and game.kb_nouns given (got {game.task!r}, "
                         f"{config.data.source!r}, {len(game.kb_nouns)} nouns)")

@@ -126,7 +126,8 @@ def test_overrides_apply_on_top_of_a_preset():
         (["game.min_question_chars=50", "game.max_question_chars=10"], r"max_question_chars = 10 must be >= "),
         (["game.candidates_in_prompt=true", "data.source=words:nouns.txt"],
          r"candidates_in_prompt .* \(got 'twenty_questions', 'words:nouns\.txt', 4 nouns\)"),
-        (["game.candidates_in_prompt=true", "game.kb_nouns=[]"], r"candidates_in_prompt .* \(got 'twenty_questions', 'kb', 0 nouns\)"),
+        (["game.candidates_in_prompt=true", "game.kb_nouns=[]"],
+         r"candidates_in_prompt .* \(got 'twenty_questions', 'kb', 0 nouns\)"),
     ],
 )
 def test_values_out_of_range_are_refused_naming_key_value_and_rule(overrides, message):

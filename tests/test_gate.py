@@ -58,4 +58,5 @@ def test_the_prompt_list_is_part_of_the_suite_signature_and_training_settings_ar
     listed = load_config("cpu")
     plain = load_config("cpu", ["game.candidates_in_prompt=false"])
     assert suite_signature(listed) != suite_signature(plain)
-    assert suite_signature(plain) == suite_signature(load_config("cpu", ["game.candidates_in_prompt=false", "sft.epochs=9"]))
+    longer = load_config("cpu", ["game.candidates_in_prompt=false", "sft.epochs=9"])
+    assert suite_signature(plain) == suite_signature(longer)

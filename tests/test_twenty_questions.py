@@ -243,11 +243,12 @@ def test_opening_messages_are_the_games_own_unless_the_target_brings_some():
 
 
 def test_the_prompt_lists_the_worlds_nouns_only_when_asked():
+    cat = Target(id="cat", task="twenty_questions", answer="cat")
     listed = build_game(GameConfig(kb_nouns=["cat", "vacuum cleaner", "apple"], candidates_in_prompt=True))
-    system = listed.opening_messages(Target(id="cat", task="twenty_questions", answer="cat"))[0]["content"]
+    system = listed.opening_messages(cat)[0]["content"]
     assert system.endswith("The secret is one of these 3 things: apple, cat, vacuum cleaner.")
     plain = build_game(GameConfig(kb_nouns=["cat", "apple"]))
-    assert "one of these" not in plain.opening_messages(Target(id="cat", task="twenty_questions", answer="cat"))[0]["content"]
+    assert "one of these" not in plain.opening_messages(cat)[0]["content"]
 
 
 def test_game_construction():
