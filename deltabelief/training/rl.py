@@ -434,8 +434,9 @@ class RLTrainer:
         checkpoint carries) stands in for that row when the file lost it."""
         path = self.out_dir / "metrics.jsonl"
         lines = path.read_text().splitlines() if path.exists() else []
-        kept = [line for line in lines if line and json.loads(line)["step"] <= step]
-        if checkpoint_row and not any(json.loads(line)["step"] == step for line in kept):
+        rows = [(json.loads(line)["step"], line) for line in lines if line]  # each line parsed once
+        kept = [line for row_step, line in rows if row_step <= step]
+        if checkpoint_row and step not in {row_step for row_step, _ in rows}:
             kept.append(json.dumps({"step": step, **checkpoint_row}))
         if path.exists() or kept:
             path.write_text("".join(line + "\n" for line in kept))
