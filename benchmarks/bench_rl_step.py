@@ -27,10 +27,13 @@ from deltabelief.training.rl import run_rl
 from deltabelief.types import Target
 
 VARIANTS = {
-    "legacy": ["policy.sampler=legacy"],
-    "fast": ["policy.sampler=fast"],
-    # No second forward for log π_old: the fast sampler's recorded log-probs serve (exact up to float rounding).
-    "fast_sampler_logprobs": ["policy.sampler=fast", "ppo.old_logprobs=sampling"],
+    "legacy": ["policy.sampler=legacy", "train.packing=pad"],
+    # The fast sampler with right-padded training forwards: the default before prefix-tree steps.
+    "fast_padded": ["policy.sampler=fast", "train.packing=pad"],
+    # The default: rollouts sharing the prompt share its tokens; beliefs and log π_old in one forward.
+    "fast": ["policy.sampler=fast", "train.packing=prefix_tree"],
+    # No forward for log π_old: the fast sampler's recorded log-probs serve (exact up to float rounding).
+    "fast_sampler_logprobs": ["policy.sampler=fast", "train.packing=prefix_tree", "ppo.old_logprobs=sampling"],
 }
 
 
@@ -73,7 +76,7 @@ def run(preset: str = "cpu", num_targets: int = 16, max_turns: int = 10, repeats
         lines = [step_roofline(m, sizes, gflops, gbps, games) for m in steps]
         summary = {"median_step_seconds": _median([m["perf/seconds_step"] for m in steps])}
         summary.update({f"share_{stage}": round(share, 4) for stage, share in stage_shares(steps).items()})
-        summary.update({key: _median([line[key] for line in lines]) for key in lines[0]})
+        summary.update({key: _median([line.get(key) for line in lines]) for key in lines[0]})
         # What exactness costs: |sampler log-prob - recomputed log π_old| (recompute variants only).
         summary["old_logprob_gap_mean"] = _median([m.get("loss/old_logprob_gap") for m in steps], None)
         summary["old_logprob_gap_max"] = _median([m.get("loss/old_logprob_gap_max") for m in steps], None)
@@ -86,6 +89,9 @@ def run(preset: str = "cpu", num_targets: int = 16, max_turns: int = 10, repeats
             summary["step_time_vs_legacy"] = round(summary["median_step_seconds"] / base["median_step_seconds"], 3)
             summary["rollout_speedup_vs_legacy"] = round(
                 summary["rollout_tokens_per_s"] / base["rollout_tokens_per_s"], 2)
+            for stage in ("scoring", "update"):
+                summary[f"{stage}_time_vs_legacy"] = round(
+                    summary[f"{stage}_seconds"] / base[f"{stage}_seconds"], 3)
     return result
 
 

@@ -11,6 +11,8 @@ and the bandwidth of reading the model's weights once (sum over every parameter)
 
 P_body: parameters of the decoder body (no embeddings, which are a lookup); P_head: the output
 head. Ratios ``achieved / floor`` are the share of what the machine allows (1.0 = at the floor).
+The forward floors count every rollout's own tokens; a prefix-tree step (``train.packing:
+prefix_tree``) runs a prompt its rollouts share once, so it can beat them (a ratio above 1).
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ def step_roofline(metrics: dict[str, float], sizes: dict, gflops: float, gbps: f
         out[f"{stage}_seconds"] = seconds
         out[f"{stage}_floor_seconds"] = floor
         out[f"{stage}_vs_floor"] = floor / seconds if seconds > 0 else None
+    # Beliefs and log π_old as one line: with train.packing=prefix_tree one forward reads both.
+    scoring = [stages[name] for name in ("belief", "old_logprobs") if name in stages]
+    out["scoring_seconds"] = sum(seconds for seconds, _ in scoring)
+    out["scoring_vs_floor"] = sum(floor for _, floor in scoring) / out["scoring_seconds"]
     if metrics["perf/seconds_update"] > 0:
         out["update_tokens_per_s"] = conversation / metrics["perf/seconds_update"]
         out["update_floor_tokens_per_s"] = conversation * flops / (3 * forward)

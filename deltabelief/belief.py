@@ -142,7 +142,7 @@ def turn_ends(trajectory: Trajectory) -> list[int]:
     return ends
 
 
-def _elicitations(
+def elicitations_for(
     tokenizer, trajectories: Sequence[Trajectory], template: str, on_unlocatable: str
 ) -> tuple[list[Elicitation | None], list[ExcludedTrajectory], list[str]]:
     """One elicitation per trajectory (None when excluded); built once per distinct target."""
@@ -329,7 +329,7 @@ def score_packed_rows(model, packs: list[PackedRow], pad_id: int,
     return out
 
 
-def _assemble(
+def assemble_scores(
     trajectories: Sequence[Trajectory],
     rows: dict[int, torch.Tensor],
     elicitations: list[Elicitation | None],
@@ -372,7 +372,7 @@ def score_beliefs(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    elicitations, excluded, mismatches = _elicitations(tokenizer, trajectories, template, on_unlocatable)
+    elicitations, excluded, mismatches = elicitations_for(tokenizer, trajectories, template, on_unlocatable)
     packs = {i: _pack(t, e) for i, (t, e) in enumerate(zip(trajectories, elicitations)) if e is not None}
     order = sorted(packs, key=lambda i: len(packs[i].ids), reverse=True)
     pad = pad_id(tokenizer)
@@ -382,7 +382,7 @@ def score_beliefs(
             chunk = order[first : first + batch_size]
             for index, values in zip(chunk, score_packed_rows(model, [packs[i] for i in chunk], pad)):
                 rows[index] = values
-    return _assemble(trajectories, rows, elicitations, excluded, mismatches)
+    return assemble_scores(trajectories, rows, elicitations, excluded, mismatches)
 
 
 def score_beliefs_per_prefix(
@@ -394,7 +394,7 @@ def score_beliefs_per_prefix(
     on_unlocatable: Literal["raise", "exclude"] = "raise",
 ) -> BeliefScores:
     """The slow reference for :func:`score_beliefs`: one plain forward per prefix h_t + suffix."""
-    elicitations, excluded, mismatches = _elicitations(tokenizer, trajectories, template, on_unlocatable)
+    elicitations, excluded, mismatches = elicitations_for(tokenizer, trajectories, template, on_unlocatable)
     device = _model_device(model)
     rows: dict[int, torch.Tensor] = {}
     with eval_mode(model):
@@ -410,7 +410,7 @@ def score_beliefs_per_prefix(
                 logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)  # [K, V] row k predicts y_k
                 values.append(logprobs.gather(-1, target[:, None]).sum().cpu())  # log b_t
             rows[index] = torch.stack(values)  # [N+1]
-    return _assemble(trajectories, rows, elicitations, excluded, mismatches)
+    return assemble_scores(trajectories, rows, elicitations, excluded, mismatches)
 
 
 # ---------------------------------------------------------------- ΔBelief

@@ -265,6 +265,12 @@ class TrainConfig:
     """Newest checkpoints kept on disk (0: all)."""
     num_logged_samples: int = 4
     """Rollouts per step written to samples/step_XXXXXX.jsonl."""
+    packing: Literal["prefix_tree", "pad"] = "prefix_tree"
+    """How the torch trainer feeds a step's rollouts to the model. 'prefix_tree': rollouts that share a
+    prefix (the game's prompt) share its tokens, and one no-grad forward reads both the beliefs and
+    log π_old; 'pad': right-padded micro-batches, one forward for beliefs and another for log π_old."""
+    max_row_tokens: int = 2048
+    """Most tokens in one prefix-tree row (one forward); a rollout longer than this gets a row of its own."""
 
 
 @dataclass
@@ -459,7 +465,7 @@ RANGES: dict[type, dict[str, Range]] = {
                 "max_row_tokens": COUNT, "processes": COUNT},
     TrainConfig: {
         "num_steps": COUNT, "targets_per_step": COUNT, "rollouts_per_target": COUNT, "checkpoint_every": COUNT,
-        "keep_checkpoints": NON_NEGATIVE, "num_logged_samples": NON_NEGATIVE,
+        "keep_checkpoints": NON_NEGATIVE, "num_logged_samples": NON_NEGATIVE, "max_row_tokens": COUNT,
     },
     CalibrationConfig: {
         "num_trajectories": NON_NEGATIVE, "num_candidates": NON_NEGATIVE, "num_bins": COUNT, "max_packed_tokens": COUNT,

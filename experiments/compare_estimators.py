@@ -1,21 +1,30 @@
-"""Learning curves of ΔBelief-RL against StarPO from one shared warm start, over several seeds.
+"""ΔBelief-RL against StarPO from one shared warm start, over several seeds, on held-out targets.
 
-    python experiments/compare_estimators.py --out runs/curves --seeds 0,1,2 --jobs 2
+    python experiments/compare_estimators.py --out runs/curves --seeds 0,1,2
 
-Steps (each skipped when its output is already complete, so an interrupted comparison resumes):
+Steps (each skipped when its output is already complete, so an interrupted comparison resumes;
+put a warm start you already have at OUT/data and OUT/sft/model to reuse it):
   1. ``deltabelief synth``  with the first preset's data section  -> OUT/data
   2. ``deltabelief sft``    once, shared by every run             -> OUT/sft/model
   3. ``deltabelief train``  per (preset, seed) with train.seed     -> OUT/<preset>-seed<S>/metrics.jsonl
-Then it writes OUT/curves.json (mean and std across seeds per step, and each stage's share
-of an RL step's wall time), OUT/curves.png and OUT/curves.md. The presets default to cpu
-(turn_grpo + ΔBelief reward) and cpu-grpo (StarPO: trajectory-level GRPO, no belief reward),
-which differ only in their method keys.
+  4. ``deltabelief eval``   of the warm start and of every run's final model on every held-out
+     Twenty Questions target at budgets 10/20/30                  -> OUT/sft/eval, OUT/<run>/eval
+Then it writes the training curves (OUT/curves.json, .png, .md: mean and std across seeds per
+step, and each stage's share of an RL step's wall time) and the held-out comparison
+(OUT/comparison.json, .md, .png): per preset, success at each budget, bits per question, the
+share of questions that gain nothing, questions to solve and the repeat rate, as the mean over
+seeds with a 95% t-interval over seeds, and each preset's success gain at budget 20 over the
+warm start and over the second preset, paired over targets (95% bootstrap). The presets default
+to cpu (turn_grpo + ΔBelief reward), cpu-grpo (StarPO: trajectory-level GRPO, no belief reward)
+and cpu-turn-rloo (the unbiased turn-level estimator + ΔBelief reward), which differ only in
+their method keys.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -24,6 +33,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from deltabelief.training.metrics import stage_shares
+
+SUITE = "twenty_questions"
+HEADLINE_BUDGET = 20
+FIGURES = {  # held-out figure -> label; success@b are added per budget
+    "bits_per_question": "bits / question",
+    "zero_gain_share": "zero-gain share",
+    "questions_to_solve": "questions to solve",
+    "repeated_rate": "repeat rate",
+}
 
 CURVES = {  # metric -> label; rewards are left out: each preset's reward has different terms
     "rollout/success_rate": "success rate",
@@ -56,6 +74,133 @@ def train(preset: str, seed: int, out: Path, num_steps: int, threads: int) -> Pa
                     "--set", f"train.seed={seed}", "--set", f"train.num_steps={num_steps}", *resume,
                     threads=threads)
     return run_dir
+
+
+def evaluate(preset: str, model: Path, out: Path, budgets: str, threads: int) -> Path:
+    """Every held-out target of the noun game, twice each, at ``budgets`` (no belief curves: not compared)."""
+    if not (out / "per_target.parquet").exists():
+        deltabelief("eval", "--config", preset, "--model", str(model), "--suites", SUITE, "--budgets", budgets,
+                    "--out", str(out), "--set", "eval.num_targets=0", "--set", "eval.belief_curves=false",
+                    threads=threads)
+    return out
+
+
+def eval_figures(eval_dir: Path) -> dict[str, float]:
+    """success@b per budget, and the question-quality figures at the largest budget."""
+    import pandas as pd
+
+    summary = pd.read_parquet(eval_dir / "summary.parquet")
+    summary = summary[summary.suite == SUITE].sort_values("budget")
+    figures = {f"success@{int(row.budget)}": float(row.success_mean) for row in summary.itertuples()}
+    last = summary.iloc[-1]
+    figures["repeated_rate"] = float(last.repeated_rate)
+    figures["questions_to_solve"] = float(last.turns_solved_mean)
+    bits = pd.read_parquet(eval_dir / "information.parquet")
+    bits = bits[bits.suite == SUITE]["bits"]
+    figures["bits_per_question"] = float(bits.mean())
+    figures["zero_gain_share"] = float((bits == 0).mean())
+    return figures
+
+
+def seed_interval(values: list[float], level: float = 0.95, rate: bool = False) -> tuple[float, float, float]:
+    """(mean, low, high): a t-interval for the mean over seeds (a single seed has no interval);
+    a ``rate``'s interval is clipped to [0, 1]."""
+    from scipy import stats
+
+    values = [v for v in values if not math.isnan(v)]
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    if rate:
+        return mean, max(0.0, mean - half), min(1.0, mean + half)
+    return mean, mean - half, mean + half
+
+
+def paired_gain(runs: list[Path], reference: list[Path]) -> tuple[float, float, float]:
+    """Success gain at the headline budget, paired over targets: each target's success averaged over
+    the runs (seeds) on either side, then a 95% bootstrap interval over targets."""
+    import pandas as pd
+
+    from deltabelief.gate import paired_differences, paired_interval, target_scores
+
+    def per_target(dirs: list[Path]) -> dict[str, float]:
+        frames = [pd.read_parquet(d / "per_target.parquet") for d in dirs]
+        frames = [f[f.budget == HEADLINE_BUDGET] for f in frames]
+        tables = [target_scores(f, f"{SUITE}/success_mean") for f in frames]
+        return {t: statistics.fmean(table[t] for table in tables) for t in tables[0]}
+
+    differences = paired_differences(per_target(runs), per_target(reference))
+    low, high = paired_interval(differences, 0.95, 4000)
+    return float(differences.mean()), low, high
+
+
+def _is_rate(name: str) -> bool:
+    return name.startswith("success@") or name in ("zero_gain_share", "repeated_rate")
+
+
+def compare(evals: dict[str, list[Path]], warm_start: Path, budgets: list[int]) -> dict:
+    """{preset: {figure: [mean, low, high]} plus gains} over seeds; see the module docstring."""
+    presets = list(evals)
+    names = [f"success@{b}" for b in budgets] + list(FIGURES)
+    out: dict = {"warm_start": eval_figures(warm_start), "presets": {}}
+    for preset, dirs in evals.items():
+        per_seed = [eval_figures(d) for d in dirs]
+        row = {name: seed_interval([f[name] for f in per_seed], rate=_is_rate(name)) for name in names}
+        row["gain_over_warm_start"] = paired_gain(dirs, [warm_start])
+        if preset != presets[1 % len(presets)]:
+            row[f"gain_over_{presets[1 % len(presets)]}"] = paired_gain(dirs, evals[presets[1 % len(presets)]])
+        row["seeds"] = len(dirs)
+        out["presets"][preset] = row
+    return out
+
+
+def _cell(triple) -> str:
+    mean, low, high = triple
+    return f"{mean:.3f}" if math.isnan(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def comparison_table(result: dict, budgets: list[int]) -> str:
+    names = [f"success@{b}" for b in budgets] + list(FIGURES)
+    labels = [f"success @{b}" for b in budgets] + list(FIGURES.values())
+    gains = sorted({k for row in result["presets"].values() for k in row if k.startswith("gain_")})
+    head = "| preset | " + " | ".join(labels + [g.replace("_", " ") for g in gains]) + " |"
+    lines = [head, "|---" * (1 + len(labels) + len(gains)) + "|"]
+    warm = result["warm_start"]
+    lines.append("| warm start | " + " | ".join(f"{warm[n]:.3f}" for n in names) + " |" + " |" * len(gains))
+    for preset, row in result["presets"].items():
+        cells = [_cell(row[n]) for n in names]
+        cells += [(f"{row[g][0]:+.3f} [{row[g][1]:+.3f}, {row[g][2]:+.3f}]" if g in row else "") for g in gains]
+        lines.append(f"| {preset} ({row['seeds']} seeds) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(result: dict, budgets: list[int], path: Path) -> None:
+    """Interaction scaling: held-out success against the turn budget, mean and 95% interval over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    warm = result["warm_start"]
+    ax.plot(budgets, [warm[f"success@{b}"] for b in budgets], "k--", marker="s", label="warm start")
+    for preset, row in result["presets"].items():
+        means = [row[f"success@{b}"][0] for b in budgets]
+        lows = [row[f"success@{b}"][1] for b in budgets]
+        highs = [row[f"success@{b}"][2] for b in budgets]
+        line, = ax.plot(budgets, means, marker="o", label=f"{preset} ({row['seeds']} seeds)")
+        if not any(math.isnan(v) for v in lows):
+            ax.fill_between(budgets, lows, highs, alpha=0.15, color=line.get_color())
+    ax.set_xlabel("turn budget")
+    ax.set_ylabel("held-out success")
+    ax.set_xticks(budgets)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("held-out Twenty Questions: mean and 95% interval over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -117,10 +262,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/curves"), help="output directory")
-    parser.add_argument("--presets", default="cpu,cpu-grpo", help="presets to compare (default: cpu,cpu-grpo)")
+    parser.add_argument("--presets", default="cpu,cpu-grpo,cpu-turn-rloo",
+                        help="presets to compare; gains are also reported over the second (default: %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="train.seed values (default: 0,1,2)")
-    parser.add_argument("--steps", type=int, default=10, help="RL steps per run (default: 10, the cpu preset's)")
-    parser.add_argument("--jobs", type=int, default=2, help="training runs at once, one torch thread each")
+    parser.add_argument("--steps", type=int, default=10, help="RL steps per run (default: 10)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="training runs at once, one torch thread each (default 1: two torch jobs on two "
+                             "cores slow each other down more than they gain)")
+    parser.add_argument("--budgets", default="10,20,30", help="held-out evaluation budgets (default: %(default)s)")
     args = parser.parse_args()
     presets = args.presets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -132,12 +281,28 @@ def main() -> None:
     if not (out / "sft" / "model").exists():
         deltabelief("sft", "--config", presets[0], "--trajectories", str(out / "data" / "trajectories.parquet"),
                     "--out", str(out / "sft"), threads=threads * args.jobs)
-    runs = [(p, s) for s in seeds for p in presets]
+    warm_eval = evaluate(presets[0], out / "sft" / "model", out / "sft" / "eval", args.budgets, threads * args.jobs)
+    runs = [(p, s) for s in seeds for p in presets]  # seed-major: a stopped comparison has whole seeds
+
+    def train_and_evaluate(preset: str, seed: int) -> Path:
+        run_dir = train(preset, seed, out, args.steps, threads)
+        evaluate(preset, run_dir / "model", run_dir / "eval", args.budgets, threads)
+        return run_dir
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        dirs = list(pool.map(lambda ps: train(ps[0], ps[1], out, args.steps, threads), runs))
+        dirs = list(pool.map(lambda ps: train_and_evaluate(*ps), runs))
     histories: dict[str, list[list[dict]]] = {p: [] for p in presets}
     for (preset, _), run_dir in zip(runs, dirs):
         histories[preset].append(read_history(run_dir)[: args.steps])
+    budgets = [int(b) for b in args.budgets.split(",")]
+    evals: dict[str, list[Path]] = {p: [] for p in presets}
+    for (preset, _), run_dir in zip(runs, dirs):
+        evals[preset].append(run_dir / "eval")
+    result = compare(evals, warm_eval, budgets)
+    (out / "comparison.json").write_text(json.dumps({"seeds": seeds, "steps": args.steps, **result}, indent=2))
+    (out / "comparison.md").write_text(comparison_table(result, budgets))
+    plot_comparison(result, budgets, out / "comparison.png")
+    print(comparison_table(result, budgets))
     curves = summarise(histories)
     shares = stage_shares([m for runs in histories.values() for h in runs for m in h])
     (out / "curves.json").write_text(json.dumps({"seeds": seeds, "steps": args.steps, "curves": curves,
@@ -146,7 +311,7 @@ def main() -> None:
     (out / "curves.md").write_text(table(curves))
     print(table(curves))
     print("share of an RL step's wall time:", ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
-    print(f"curves in {out}/curves.json, {out}/curves.png, {out}/curves.md")
+    print(f"curves in {out}/curves.json, .png, .md; held-out comparison in {out}/comparison.json, .md, .png")
 
 
 if __name__ == "__main__":

@@ -33,13 +33,17 @@ def test_every_preset_loads_strictly_and_every_key_is_a_field(preset):
     assert written <= set(resolved), sorted(written - set(resolved))  # every key written is read
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p.endswith("-grpo")])
-def test_baseline_presets_differ_only_in_method_keys(preset):
-    baseline = flatten(config_to_dict(load_config(preset)))
-    method = flatten(config_to_dict(load_config(preset.removesuffix("-grpo"))))
-    differing = {k for k in baseline if baseline[k] != method[k]}
+VARIANT_SUFFIXES = {"-grpo": ("grpo", 0.0), "-turn-rloo": ("turn_rloo", 0.1)}  # estimator, λ
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p.endswith(tuple(VARIANT_SUFFIXES))])
+def test_method_variant_presets_differ_only_in_method_keys(preset):
+    suffix = next(s for s in VARIANT_SUFFIXES if preset.endswith(s))
+    variant = flatten(config_to_dict(load_config(preset)))
+    method = flatten(config_to_dict(load_config(preset.removesuffix(suffix))))
+    differing = {k for k in variant if variant[k] != method[k]}
     assert differing <= METHOD_KEYS, sorted(differing - METHOD_KEYS)
-    assert baseline["estimator.name"] == "grpo" and baseline["reward.belief_reward_weight"] == 0.0
+    assert (variant["estimator.name"], variant["reward.belief_reward_weight"]) == VARIANT_SUFFIXES[suffix]
 
 
 @pytest.mark.parametrize("preset", ["qwen3-1.7b", "qwen3-4b"])

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -48,8 +49,16 @@ class TreeRow:
                 return len(ids) - j
         return 0
 
-    def add(self, ids: Sequence[int], loss_mask: Sequence[int]) -> None:
-        node = -1
+    def add(self, ids: Sequence[int], loss_mask: Sequence[int]) -> list[int]:
+        """Add one sequence from the root; returns the node of each of its tokens."""
+        path = self.attach(-1, 0, ids, loss_mask)
+        self.num_sequences += 1
+        return path
+
+    def attach(self, parent: int, depth: int, ids: Sequence[int], loss_mask: Sequence[int]) -> list[int]:
+        """Add a chain of tokens below node ``parent`` (−1: from the root), the first at position
+        ``depth``; nodes already in the tree are reused. Returns the node of each token."""
+        node, path = parent, []
         for j, (token, trained) in enumerate(zip(ids, loss_mask)):
             child = self.children.get((node, token))
             if child is None:
@@ -57,11 +66,12 @@ class TreeRow:
                 self.children[(node, token)] = child
                 self.ids.append(int(token))
                 self.parent.append(node)
-                self.depth.append(j)
+                self.depth.append(depth + j)
                 self.weight.append(0.0)
             self.weight[child] += float(trained)
             node = child
-        self.num_sequences += 1
+            path.append(node)
+        return path
 
     def ancestor_mask(self) -> np.ndarray:
         """[L, L] bool: row i is True at i's ancestors and at i."""
@@ -82,20 +92,7 @@ def pack_prefix_trees(
     A sequence never splits across rows; one longer than ``max_tokens`` gets a row of its own.
     Sort the sequences first (e.g. by ids) to put shared prefixes in the same row.
     """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-    rows: list[TreeRow] = []
-    row = TreeRow()
-    for ids, mask in sequences:
-        if len(ids) != len(mask):
-            raise ValueError(f"ids and loss_mask differ in length: {len(ids)} vs {len(mask)}")
-        if row.num_sequences and len(row) + row.new_nodes(ids) > max_tokens:
-            rows.append(row)
-            row = TreeRow()
-        row.add(ids, mask)
-    if row.num_sequences:
-        rows.append(row)
-    return rows
+    return pack_with_paths([ids for ids, _ in sequences], [mask for _, mask in sequences], max_tokens)[0]
 
 
 def collate_rows(rows: Sequence[TreeRow], pad_id: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -120,20 +117,83 @@ def collate_rows(rows: Sequence[TreeRow], pad_id: int, dtype: torch.dtype) -> di
     return {"ids": ids, "positions": positions, "mask": mask, "parent": parent, "weight": weight}
 
 
-def tree_nll_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Σ over nodes of weight × −log π(node token | its ancestors): the rows' summed token loss."""
-    import torch.nn.functional as F
-
+def tree_hidden(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, L, H] the decoder's last hidden state at every node of collated rows."""
     device = next(model.parameters()).device
-    hidden = model.get_decoder()(
+    return model.get_decoder()(
         input_ids=batch["ids"].to(device),
         position_ids=batch["positions"].to(device),
         attention_mask=batch["mask"].to(device),
         use_cache=False,
-    ).last_hidden_state  # [B, L, H]
-    trained = (batch["weight"] > 0) & (batch["parent"] >= 0)  # [B, L]
-    rows, nodes = trained.nonzero(as_tuple=True)  # [N], [N]
+    ).last_hidden_state
+
+
+def read_logprobs(model, hidden: torch.Tensor, batch: dict[str, torch.Tensor], scored: torch.Tensor,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """[B, L] float32 log π(node token | its ancestors) at ``temperature`` where ``scored``, 0 elsewhere.
+
+    The output head runs only on the parents of the scored nodes (each predicts its child).
+    ``scored``: [B, L] bool, only on nodes with a parent. Gradients flow when grad is enabled.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise NotImplementedError("models with final_logit_softcapping are not supported by prefix-tree scoring")
+    if (scored & (batch["parent"] < 0)).any():
+        raise ValueError("a scored node has no parent: nothing predicts the first token of a sequence")
+    device = hidden.device
+    rows, nodes = scored.nonzero(as_tuple=True)  # [N], [N]
     parents = batch["parent"][rows, nodes]  # [N] the hidden state that predicts each node
     logits = model.get_output_embeddings()(hidden[rows.to(device), parents.to(device)]).float()  # [N, V]
-    nll = F.cross_entropy(logits, batch["ids"][rows, nodes].to(device), reduction="none")  # [N]
-    return (nll * batch["weight"][rows, nodes].to(device)).sum()
+    if temperature != 1.0:
+        logits = logits / temperature
+    picked = -F.cross_entropy(logits, batch["ids"][rows, nodes].to(device), reduction="none")  # [N]
+    return torch.zeros(scored.shape, dtype=torch.float32, device=device).index_put(
+        (rows.to(device), nodes.to(device)), picked)
+
+
+def tree_nll_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ over nodes of weight × −log π(node token | its ancestors): the rows' summed token loss."""
+    trained = (batch["weight"] > 0) & (batch["parent"] >= 0)  # [B, L]
+    logprobs = read_logprobs(model, tree_hidden(model, batch), batch, trained)  # [B, L]
+    return -(logprobs * batch["weight"].to(logprobs.device)).sum()
+
+
+def pack_with_paths(sequences: Sequence[Sequence[int]], score_masks: Sequence[Sequence[int]],
+                    max_tokens: int) -> tuple[list[TreeRow], list[tuple[int, list[int]]]]:
+    """:func:`pack_prefix_trees` that also returns where each sequence went: (row, node of each token)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    rows, placements = [TreeRow()], []
+    for ids, mask in zip(sequences, score_masks, strict=True):
+        if len(ids) != len(mask):
+            raise ValueError(f"ids and loss_mask differ in length: {len(ids)} vs {len(mask)}")
+        if rows[-1].num_sequences and len(rows[-1]) + rows[-1].new_nodes(ids) > max_tokens:
+            rows.append(TreeRow())
+        placements.append((len(rows) - 1, rows[-1].add(ids, mask)))
+    return [r for r in rows if r.num_sequences], placements
+
+
+def sequence_logprobs(model, sequences: Sequence[Sequence[int]], score_masks: Sequence[Sequence[int]],
+                      pad_id: int, *, max_tokens: int, temperature: float = 1.0) -> torch.Tensor:
+    """[B, L] log π of every sequence's scored tokens at ``temperature``, right-padded, 0 off the mask.
+
+    The values of :func:`~deltabelief.training.logprobs.token_logprobs` on the right-padded batch (up
+    to float rounding), computed on prefix-tree rows of at most ``max_tokens`` nodes, so a prefix the
+    sequences share (the game's prompt) runs once per row. A token shared by several sequences is one
+    node: its gradient collects every sequence's share.
+    """
+    rows, placements = pack_with_paths(sequences, score_masks, max_tokens)
+    batch = collate_rows(rows, pad_id, model.get_input_embeddings().weight.dtype)
+    scored = (batch["weight"] > 0) & (batch["parent"] >= 0)  # [R, N]
+    nodes = read_logprobs(model, tree_hidden(model, batch), batch, scored, temperature)  # [R, N]
+    length = max(len(s) for s in sequences)
+    row_of = torch.zeros((len(sequences), length), dtype=torch.long)  # [B, L]
+    node_of = torch.zeros((len(sequences), length), dtype=torch.long)  # [B, L]
+    score = torch.zeros((len(sequences), length), dtype=torch.bool)  # [B, L]
+    for i, ((row, path), mask) in enumerate(zip(placements, score_masks)):
+        row_of[i, : len(path)] = row
+        node_of[i, : len(path)] = torch.tensor(path, dtype=torch.long)
+        score[i, : len(path)] = torch.tensor(mask, dtype=torch.bool)
+    picked = nodes[row_of.to(nodes.device), node_of.to(nodes.device)]  # [B, L]
+    return torch.where(score.to(nodes.device), picked, torch.zeros_like(picked))

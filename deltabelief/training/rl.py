@@ -12,9 +12,8 @@ One step ``s`` (1-based):
 1. the step's targets: a seeded permutation per epoch, a function of (seed, s) only,
    so a resumed run draws the same targets (:func:`targets_for_step`);
 2. rollouts: G games per target, sampled with a generator seeded from (seed, s);
-3. log b_t for every turn (:func:`deltabelief.belief.score_beliefs`, current policy, T = 1),
-   ΔBelief, per-turn rewards with r_eog placed by the estimator's ``level``, and advantages
-   from the estimator registry;
+3. log b_t for every turn (current policy, T = 1), ΔBelief, per-turn rewards with r_eog placed
+   by the estimator's ``level``, and advantages from the estimator registry;
 4. log π_old: by default (``ppo.old_logprobs: recompute``) the sampled tokens are scored
    once by the rollout policy in eval mode, with no grad, at the sampling temperature and
    with the same code that scores log π_θ. The ratio then starts at exactly 1 and measures
@@ -22,11 +21,16 @@ One step ``s`` (1-based):
    decoding vs. one right-padded forward) nor top-k/top-p warping. ``sampling`` uses the
    log-probs recorded while sampling instead (refused with top-k/top-p, whose recorded
    log-probs are of the warped distribution). The gap between the two is logged as
-   ``loss/old_logprob_gap`` either way;
+   ``loss/old_logprob_gap`` either way. With ``train.packing: prefix_tree`` (the default)
+   steps 3 and 4 read one no-grad forward over prefix trees, in which rollouts share the
+   prompt's tokens (:func:`~deltabelief.training.step_scoring.score_step`); its time is
+   ``perf/seconds_belief``. With ``pad`` they are two right-padded passes
+   (:func:`deltabelief.belief.score_beliefs`, then :func:`token_logprobs`);
 5. ``ppo.ppo_epochs`` passes over the rollouts in shuffled mini-batches of
    ``ppo.mini_batch_size`` rollouts, one optimizer step each, with gradient accumulation
-   over micro-batches of ``ppo.micro_batch_size``; the loss of a mini-batch is the token
-   mean over all its policy tokens (:func:`~deltabelief.training.ppo_loss.ppo_clip_loss`);
+   over micro-batches of ``ppo.micro_batch_size`` (each one prefix-tree forward, or a padded
+   batch with ``train.packing: pad``); the loss of a mini-batch is the token mean over all its
+   policy tokens (:func:`~deltabelief.training.ppo_loss.ppo_clip_loss`);
    grad-norm clip, AdamW; the LR scheduler steps once per RL step.
 """
 
@@ -46,7 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deltabelief.advantages import get_estimator
-from deltabelief.belief import delta_beliefs, score_beliefs
+from deltabelief.belief import BeliefScores, delta_beliefs, eval_mode, score_beliefs
 from deltabelief.config import Config, ConfigError, config_to_dict
 from deltabelief.information import exact_knowledge_base
 from deltabelief.policy.chat import pad_id
@@ -59,7 +63,9 @@ from deltabelief.training.checkpoints import (
 from deltabelief.training.logprobs import pad_rows, right_pad, token_logprobs
 from deltabelief.training.optim import build_optimizer, build_scheduler
 from deltabelief.training.ppo_loss import PPOStats, ppo_clip_loss
+from deltabelief.training.prefix_tree import sequence_logprobs
 from deltabelief.training.run_dir import check_checkpoint_identity, claim_run_dir, run_identity
+from deltabelief.training.step_scoring import score_step
 from deltabelief.trajectory import Trajectory, transcript
 from deltabelief.types import Target
 
@@ -284,10 +290,12 @@ class RLTrainer:
             self.policy, self.game, self.judge, targets, c.train.rollouts_per_target,
             seed=derive_seed(c.train.seed, step, 2), progress=False)
         seconds["rollout"], tick = time.perf_counter() - tick, time.perf_counter()
-        turn_adv, score_metrics = self.beliefs_to_advantages(trajectories, seconds)
+        scores, recomputed = self.score_rollouts(trajectories)
+        seconds["belief"] = time.perf_counter() - tick
+        turn_adv, score_metrics = self.beliefs_to_advantages(trajectories, scores, seconds)
         tick = time.perf_counter()
         batch = self.make_batch(trajectories, turn_adv)
-        old_gap = self.prepare_old_logprobs(batch)
+        old_gap = self.prepare_old_logprobs(batch, recomputed)
         seconds["old_logprobs"], tick = time.perf_counter() - tick, time.perf_counter()
         stats, grad_norms = self.update(batch, step)
         seconds["update"] = time.perf_counter() - tick
@@ -302,16 +310,24 @@ class RLTrainer:
             **M.perf_metrics(seconds, rollout_stats.policy_tokens, trained), "perf/threads": float(threads),
         }
 
-    def beliefs_to_advantages(self, trajectories: list[Trajectory],
+    def score_rollouts(self, trajectories: list[Trajectory]) -> tuple[BeliefScores, list[list[float]] | None]:
+        """log b_t of every rollout, and with ``train.packing: prefix_tree`` and ``ppo.old_logprobs:
+        recompute`` also log π_old of the sampled tokens, read from the same forward (else None)."""
+        c = self.config
+        if c.train.packing == "pad":
+            return score_beliefs(self.policy.model, self.policy.tokenizer, trajectories, c.belief.template,
+                                 on_unlocatable=c.belief.on_unlocatable, batch_size=c.belief.batch_size), None
+        return score_step(self.policy.model, self.policy.tokenizer, trajectories, c.belief.template,
+                          on_unlocatable=c.belief.on_unlocatable, old_logprobs=c.ppo.old_logprobs == "recompute",
+                          temperature=c.policy.temperature, max_tokens=c.train.max_row_tokens)
+
+    def beliefs_to_advantages(self, trajectories: list[Trajectory], scores: BeliefScores,
               seconds: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Beliefs -> ΔBelief -> rewards -> advantages. Returns ([B, T] turn advantages, metrics);
-        the time spent on belief scoring and on the rest goes to ``seconds`` (belief, reward_adv)."""
+        the time it takes goes to ``seconds["reward_adv"]``."""
         c = self.config
         seconds = {} if seconds is None else seconds
         tick = time.perf_counter()
-        scores = score_beliefs(self.policy.model, self.policy.tokenizer, trajectories, c.belief.template,
-                               on_unlocatable=c.belief.on_unlocatable, batch_size=c.belief.batch_size)
-        seconds["belief"], tick = time.perf_counter() - tick, time.perf_counter()
         deltas = delta_beliefs(scores.log_beliefs, scores.mask)  # [B, T]
         mask = turn_mask_of(trajectories)  # [B, T]
         rewards = step_rewards(deltas.delta, [t.statuses() for t in trajectories], mask, [t.solved for t in trajectories],
@@ -346,30 +362,39 @@ class RLTrainer:
             old_logprobs=[sampling_logprobs(t) for t in trajectories],
         )
 
-    def _logprobs(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B', L] log π_θ of the policy tokens at the sampling temperature."""
+    def _logprobs(self, batch: Batch, rows: list[int], tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B', L] log π_θ of the policy tokens of ``rows`` at the sampling temperature."""
+        temperature = self.config.policy.temperature
+        if self.config.train.packing == "prefix_tree":
+            return sequence_logprobs(self.policy.model, [batch.input_ids[i] for i in rows],
+                                     [batch.response_mask[i] for i in rows], self._pad_id,
+                                     max_tokens=self.config.train.max_row_tokens, temperature=temperature)
         return token_logprobs(self.policy.model, tensors["input_ids"], tensors["attention_mask"],
-                              tensors["response_mask"], temperature=self.config.policy.temperature)
+                              tensors["response_mask"], temperature=temperature)
 
-    def prepare_old_logprobs(self, batch: Batch) -> tuple[float, float] | None:
+    def prepare_old_logprobs(self, batch: Batch, recomputed: list[list[float]] | None = None,
+                             ) -> tuple[float, float] | None:
         """With ``ppo.old_logprobs: recompute``, replace ``batch.old_logprobs`` by the rollout policy's
-        scores of the sampled tokens and return the mean and max |recorded − recomputed| (None otherwise)."""
+        scores of the sampled tokens (``recomputed`` when the belief forward already read them) and
+        return the mean and max |recorded − recomputed| (None otherwise)."""
         if self.config.ppo.old_logprobs == "sampling":
             return None
-        model, size = self.policy.model, self.config.ppo.micro_batch_size
-        recomputed: list[list[float]] = []
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            for first in range(0, len(batch), size):
-                rows = list(range(first, min(first + size, len(batch))))
-                values = self._logprobs(batch.tensors(rows, self._pad_id)).cpu()  # [B', L]
-                recomputed += [values[j, : len(batch.input_ids[i])].tolist() for j, i in enumerate(rows)]
-        model.train(was_training)
+        if recomputed is None:
+            recomputed = self._recompute_old_logprobs(batch)
         gaps = [abs(a - b) for rec, old, m in zip(recomputed, batch.old_logprobs, batch.response_mask)
                 for a, b, keep in zip(rec, old, m) if keep]
         batch.old_logprobs = recomputed
         return (float(np.mean(gaps)), float(np.max(gaps))) if gaps else (0.0, 0.0)
+
+    def _recompute_old_logprobs(self, batch: Batch) -> list[list[float]]:
+        model, size = self.policy.model, self.config.ppo.micro_batch_size
+        recomputed: list[list[float]] = []
+        with eval_mode(model):
+            for first in range(0, len(batch), size):
+                rows = list(range(first, min(first + size, len(batch))))
+                values = self._logprobs(batch, rows, batch.tensors(rows, self._pad_id)).cpu()  # [B', L]
+                recomputed += [values[j, : len(batch.input_ids[i])].tolist() for j, i in enumerate(rows)]
+        return recomputed
 
     @property
     def _pad_id(self) -> int:
@@ -399,8 +424,9 @@ class RLTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         stats = []
         for first in range(0, len(rows), p.micro_batch_size):
-            t = batch.tensors(rows[first : first + p.micro_batch_size], self._pad_id)
-            loss, s = ppo_clip_loss(self._logprobs(t), t["old_logprobs"], t["advantages"], t["response_mask"],
+            micro = rows[first : first + p.micro_batch_size]
+            t = batch.tensors(micro, self._pad_id)
+            loss, s = ppo_clip_loss(self._logprobs(batch, micro, t), t["old_logprobs"], t["advantages"], t["response_mask"],
                                     clip_low=p.clip_low, clip_high=p.clip_high, dual_clip=p.dual_clip,
                                     num_tokens=total)
             loss.backward()
