@@ -168,6 +168,8 @@ class BeliefConfig:
     """Elicitation: an assistant message; {target} marks the scored tokens."""
     on_unlocatable: Literal["raise", "exclude"] = "raise"
     batch_size: int = 8
+    """Trajectories per padded forward where beliefs are scored padded (calibration, and the RL
+    trainer with ``train.packing: pad``); evaluation and the default trainer use prefix trees."""
 
 
 @dataclass

@@ -265,11 +265,13 @@ def main() -> None:
     parser.add_argument("--presets", default="cpu,cpu-grpo,cpu-turn-rloo",
                         help="presets to compare; gains are also reported over the second (default: %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="train.seed values (default: 0,1,2)")
-    parser.add_argument("--steps", type=int, default=10, help="RL steps per run (default: 10)")
+    parser.add_argument("--steps", type=int, default=4, help="RL steps per run (default: 4, the cpu preset's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="training runs at once, one torch thread each (default 1: two torch jobs on two "
                              "cores slow each other down more than they gain)")
     parser.add_argument("--budgets", default="10,20,30", help="held-out evaluation budgets (default: %(default)s)")
+    parser.add_argument("--sft-epochs", type=int, default=0,
+                        help="epochs of the shared warm start (default 0: the first preset's sft.epochs)")
     args = parser.parse_args()
     presets = args.presets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -279,8 +281,9 @@ def main() -> None:
     if not (out / "data" / "targets.parquet").exists():
         deltabelief("synth", "--config", presets[0], "--out", str(out / "data"), threads=threads * args.jobs)
     if not (out / "sft" / "model").exists():
+        epochs = ["--set", f"sft.epochs={args.sft_epochs}"] if args.sft_epochs else []
         deltabelief("sft", "--config", presets[0], "--trajectories", str(out / "data" / "trajectories.parquet"),
-                    "--out", str(out / "sft"), threads=threads * args.jobs)
+                    "--out", str(out / "sft"), *epochs, threads=threads * args.jobs)
     warm_eval = evaluate(presets[0], out / "sft" / "model", out / "sft" / "eval", args.budgets, threads * args.jobs)
     runs = [(p, s) for s in seeds for p in presets]  # seed-major: a stopped comparison has whole seeds
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +168,7 @@ def build_targets(data: DataConfig, game: GameConfig) -> TargetTable:
         if not target.messages:
             if task not in games:
                 games[task] = build_game(game, task)
-            opening = tuple(games[task].opening_messages(target))
-            target = Target(target.id, task, target.answer, target.extra, opening)
+            target = replace(target, messages=tuple(games[task].opening_messages(target)))
         targets.append(target)
     for duplicate in duplicates:  # name the kept target by its id and final split
         index = duplicate.pop("kept_index")

@@ -106,15 +106,16 @@ def _policy_answer_fn(policy, config: EvalConfig) -> AnswerFn:
 
 
 def _policy_belief_fn(policy, belief: BeliefConfig) -> BeliefFn | None:
-    """Belief curves from the policy's weights; None for a served policy, which has none here."""
-    from deltabelief.belief import score_beliefs
+    """Belief curves from the policy's weights; None for a served policy, which has none here.
+    Scored on prefix trees, so games that share the suite's prompt share its tokens."""
+    from deltabelief.training.step_scoring import score_step
 
     if policy.model is None:
         return None
 
     def score(trajectories):
-        scores = score_beliefs(policy.model, policy.tokenizer, trajectories, belief.template,
-                               on_unlocatable="exclude", batch_size=belief.batch_size)
+        scores, _ = score_step(policy.model, policy.tokenizer, trajectories, belief.template,
+                               on_unlocatable="exclude", old_logprobs=False)
         return [row.numpy() for row in scores.per_trajectory()]
 
     return score
@@ -251,7 +252,7 @@ def evaluate(
         judges: per-suite judges that override ``config.judge`` (tests pass scripted judges).
         play_fn: plays games, with :func:`deltabelief.rollout.rollout`'s signature (the default).
         answer_fn: writes Personalization final answers (default: the policy, eval temperature).
-        belief_fn: log beliefs per trajectory (default: :func:`deltabelief.belief.score_beliefs`).
+        belief_fn: log beliefs per trajectory (default: :func:`deltabelief.training.step_scoring.score_step`).
     """
     _check(config)
     out_dir = Path(out_dir)
