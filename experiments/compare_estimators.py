@@ -119,16 +119,15 @@ def seed_interval(values: list[float], level: float = 0.95, rate: bool = False) 
 
 def paired_gain(runs: list[Path], reference: list[Path]) -> tuple[float, float, float]:
     """Success gain at the headline budget, paired over targets: each target's success averaged over
-    the runs (seeds) on either side, then a 95% bootstrap interval over targets."""
+    its games in the runs (seeds) on either side, then a 95% bootstrap interval over targets."""
     import pandas as pd
 
-    from deltabelief.gate import paired_differences, paired_interval, target_scores
+    from deltabelief.gate import paired_differences, paired_interval
 
     def per_target(dirs: list[Path]) -> dict[str, float]:
-        frames = [pd.read_parquet(d / "per_target.parquet") for d in dirs]
-        frames = [f[f.budget == HEADLINE_BUDGET] for f in frames]
-        tables = [target_scores(f, f"{SUITE}/success_mean") for f in frames]
-        return {t: statistics.fmean(table[t] for table in tables) for t in tables[0]}
+        games = pd.concat([pd.read_parquet(d / "results.parquet") for d in dirs])
+        games = games[(games.suite == SUITE) & (games.budget == HEADLINE_BUDGET)]
+        return {str(t): float(v) for t, v in games.groupby("target_id")["solved"].mean().items()}
 
     differences = paired_differences(per_target(runs), per_target(reference))
     low, high = paired_interval(differences, 0.95, 4000)

@@ -1,0 +1,48 @@
+"""The figures `make curves` reports: a t-interval over seeds and a success gain paired over targets."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "compare_estimators.py"
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("compare_estimators", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_interval_is_the_t_interval_of_the_mean(compare):
+    mean, low, high = compare.seed_interval([0.5, 0.6, 0.7])
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2 dof) × sd / sqrt(n)
+    assert mean == pytest.approx(0.6)
+    assert (low, high) == (pytest.approx(0.6 - half, abs=1e-6), pytest.approx(0.6 + half, abs=1e-6))
+    assert compare.seed_interval([0.1, 0.3, 0.5], rate=True)[1] == 0.0  # a rate's interval stops at 0
+    assert math.isnan(compare.seed_interval([0.4])[1])  # one seed has no interval
+
+
+def _games(directory: Path, solved: dict[str, list[bool]], budget: int = 20) -> Path:
+    directory.mkdir(parents=True)
+    rows = [{"suite": "twenty_questions", "target_id": target, "sample": i, "budget": budget, "solved": won}
+            for target, games in solved.items() for i, won in enumerate(games)]
+    rows += [{**row, "budget": budget + 10, "solved": True} for row in rows]  # another budget: ignored
+    pd.DataFrame(rows).to_parquet(directory / "results.parquet")
+    return directory
+
+
+def test_paired_gain_averages_each_target_over_seeds_then_pairs_targets(compare, tmp_path):
+    seed_a = _games(tmp_path / "a0", {"t1": [True, True], "t2": [False, False], "t3": [True, False]})
+    seed_b = _games(tmp_path / "a1", {"t1": [True, False], "t2": [True, False], "t3": [True, True]})
+    reference = _games(tmp_path / "ref", {"t1": [False, False], "t2": [False, False], "t3": [True, False]})
+    # per target over both seeds: t1 0.75, t2 0.25, t3 0.75 against 0, 0, 0.5 -> differences 0.75, 0.25, 0.25
+    gain, low, high = compare.paired_gain([seed_a, seed_b], [reference])
+    assert gain == pytest.approx(1.25 / 3)
+    assert 0.25 - 1e-9 <= low <= gain <= high <= 0.75 + 1e-9
