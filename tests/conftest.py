@@ -7,7 +7,9 @@ or flytekit. Keep this file small; add shared fixtures below.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import warnings
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -27,6 +29,14 @@ def pytest_report_header(config):
 
 
 import pytest  # noqa: E402  (after the environment above)
+
+
+def pytest_unconfigure(config):
+    """Remove the scratch dir: a run leaves about 1 GB of models and runs there."""
+    try:
+        shutil.rmtree(_SCRATCH)
+    except OSError as err:  # e.g. a socket a local Ray left behind: say so, do not fail a passed run
+        warnings.warn(f"could not remove the test scratch dir {_SCRATCH}: {err}")
 
 
 @pytest.fixture(scope="session")
