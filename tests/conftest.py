@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -32,11 +33,15 @@ import pytest  # noqa: E402  (after the environment above)
 
 
 def pytest_unconfigure(config):
-    """Remove the scratch dir: a run leaves about 1 GB of models and runs there."""
-    try:
-        shutil.rmtree(_SCRATCH)
-    except OSError as err:  # e.g. a socket a local Ray left behind: say so, do not fail a passed run
-        warnings.warn(f"could not remove the test scratch dir {_SCRATCH}: {err}")
+    """Empty the scratch dir: a run leaves about 1 GB of models and runs there. multiprocessing's
+    own pymp-* dirs stay: it removes them at exit, after this hook, and fails on a missing one."""
+    for entry in Path(_SCRATCH).iterdir():
+        if entry.name.startswith("pymp-"):
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError as err:  # e.g. a socket a local Ray left behind: say so, do not fail a passed run
+            warnings.warn(f"could not remove {entry} from the test scratch dir: {err}")
 
 
 @pytest.fixture(scope="session")
