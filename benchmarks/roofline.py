@@ -101,7 +101,8 @@ def step_roofline(metrics: dict[str, float], sizes: dict, gflops: float, gbps: f
     # Beliefs and log π_old as one line: with train.packing=prefix_tree one forward reads both.
     scoring = [stages[name] for name in ("belief", "old_logprobs") if name in stages]
     out["scoring_seconds"] = sum(seconds for seconds, _ in scoring)
-    out["scoring_vs_floor"] = sum(floor for _, floor in scoring) / out["scoring_seconds"]
+    scoring_floor = sum(floor for _, floor in scoring)
+    out["scoring_vs_floor"] = scoring_floor / out["scoring_seconds"] if out["scoring_seconds"] > 0 else None
     if metrics["perf/seconds_update"] > 0:
         out["update_tokens_per_s"] = conversation / metrics["perf/seconds_update"]
         out["update_floor_tokens_per_s"] = conversation * flops / (3 * forward)

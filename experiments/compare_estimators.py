@@ -122,12 +122,13 @@ def paired_gain(runs: list[Path], reference: list[Path]) -> tuple[float, float, 
     its games in the runs (seeds) on either side, then a 95% bootstrap interval over targets."""
     import pandas as pd
 
-    from deltabelief.gate import paired_differences, paired_interval
+    from deltabelief.evaluation.metrics import per_target_table
+    from deltabelief.gate import paired_differences, paired_interval, target_scores
 
     def per_target(dirs: list[Path]) -> dict[str, float]:
         games = pd.concat([pd.read_parquet(d / "results.parquet") for d in dirs])
-        games = games[(games.suite == SUITE) & (games.budget == HEADLINE_BUDGET)]
-        return {str(t): float(v) for t, v in games.groupby("target_id")["solved"].mean().items()}
+        table = per_target_table(games[games.budget == HEADLINE_BUDGET])  # the seeds' games pooled per target
+        return target_scores(table, f"{SUITE}/success_mean")
 
     differences = paired_differences(per_target(runs), per_target(reference))
     low, high = paired_interval(differences, 0.95, 4000)
@@ -140,15 +141,15 @@ def _is_rate(name: str) -> bool:
 
 def compare(evals: dict[str, list[Path]], warm_start: Path, budgets: list[int]) -> dict:
     """{preset: {figure: [mean, low, high]} plus gains} over seeds; see the module docstring."""
-    presets = list(evals)
+    baseline = list(evals)[1 % len(evals)]  # the second preset (StarPO by default)
     names = [f"success@{b}" for b in budgets] + list(FIGURES)
     out: dict = {"warm_start": eval_figures(warm_start), "presets": {}}
     for preset, dirs in evals.items():
         per_seed = [eval_figures(d) for d in dirs]
         row = {name: seed_interval([f[name] for f in per_seed], rate=_is_rate(name)) for name in names}
         row["gain_over_warm_start"] = paired_gain(dirs, [warm_start])
-        if preset != presets[1 % len(presets)]:
-            row[f"gain_over_{presets[1 % len(presets)]}"] = paired_gain(dirs, evals[presets[1 % len(presets)]])
+        if preset != baseline:
+            row[f"gain_over_{baseline}"] = paired_gain(dirs, evals[baseline])
         row["seeds"] = len(dirs)
         out["presets"][preset] = row
     return out
@@ -294,17 +295,17 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         dirs = list(pool.map(lambda ps: train_and_evaluate(*ps), runs))
     histories: dict[str, list[list[dict]]] = {p: [] for p in presets}
-    for (preset, _), run_dir in zip(runs, dirs):
-        histories[preset].append(read_history(run_dir)[: args.steps])
-    budgets = [int(b) for b in args.budgets.split(",")]
     evals: dict[str, list[Path]] = {p: [] for p in presets}
     for (preset, _), run_dir in zip(runs, dirs):
+        histories[preset].append(read_history(run_dir)[: args.steps])
         evals[preset].append(run_dir / "eval")
+    budgets = [int(b) for b in args.budgets.split(",")]
     result = compare(evals, warm_eval, budgets)
+    held_out = comparison_table(result, budgets)
     (out / "comparison.json").write_text(json.dumps({"seeds": seeds, "steps": args.steps, **result}, indent=2))
-    (out / "comparison.md").write_text(comparison_table(result, budgets))
+    (out / "comparison.md").write_text(held_out)
     plot_comparison(result, budgets, out / "comparison.png")
-    print(comparison_table(result, budgets))
+    print(held_out)
     curves = summarise(histories)
     shares = stage_shares([m for runs in histories.values() for h in runs for m in h])
     (out / "curves.json").write_text(json.dumps({"seeds": seeds, "steps": args.steps, "curves": curves,

@@ -31,8 +31,10 @@ def test_seed_interval_is_the_t_interval_of_the_mean(compare):
 
 def _games(directory: Path, solved: dict[str, list[bool]], budget: int = 20) -> Path:
     directory.mkdir(parents=True)
-    rows = [{"suite": "twenty_questions", "target_id": target, "sample": i, "budget": budget, "solved": won}
-            for target, games in solved.items() for i, won in enumerate(games)]
+    rows = [{"suite": "twenty_questions", "target_id": target, "target": target, "sample": i, "budget": budget,
+             "num_turns": 5, "max_turns": budget, "solved": won, "last_status": "finished" if won else "no",
+             "invalid_turns": 0, "repeated_turns": 0, "unanswerable_turns": 0, "rating": float("nan")}
+            for target, games in solved.items() for i, won in enumerate(games)]  # the eval contract's columns
     rows += [{**row, "budget": budget + 10, "solved": True} for row in rows]  # another budget: ignored
     pd.DataFrame(rows).to_parquet(directory / "results.parquet")
     return directory
