@@ -41,8 +41,8 @@ package: $(STAMP)  ## compile every Flyte workflow and launch plan offline (no D
 bench: $(STAMP)  ## run the benchmarks and write bench-results/report.json
 	$(BIN)/python -m benchmarks.run --out bench-results/report.json
 
-curves: $(STAMP)  ## ΔBelief-RL vs StarPO vs turn_rloo from an 8-epoch warm start, 3 seeds, held out (runs/curves)
-	$(BIN)/python experiments/compare_estimators.py --out runs/curves --sft-epochs 8 --steps 4
+curves: $(STAMP)  ## ΔBelief-RL vs StarPO vs turn_rloo from an 8-epoch warm start, 5 seeds, held out (runs/curves)
+	$(BIN)/python experiments/compare_estimators.py --out runs/curves --sft-epochs 8 --steps 4 --seeds 0,1,2,3,4
 
 clean:  ## remove the virtualenv and local run outputs
 	rm -rf $(VENV) .tmp outputs mlruns mlflow.db bench-results
