@@ -10,7 +10,7 @@ from flytekit.types.file import FlyteFile
 from deltabelief.config import Config
 from deltabelief.pipeline import synthesize_data
 from images import cpu_image
-from tasks.common import CACHE, scratch
+from tasks.common import CACHE, cached_outputs
 from tasks.resources import LIGHT
 
 
@@ -24,7 +24,7 @@ class Datasets:
 
 @task(container_image=cpu_image, requests=LIGHT, limits=LIGHT, cache=CACHE)
 def synthesize(config: Config) -> Datasets:
-    result = synthesize_data(config, scratch("data"))
+    result = synthesize_data(config, cached_outputs("data"))
     if result.trajectories_path is None:
         raise ValueError(
             f"preset {config.name!r} plays no teacher games (data.teacher={config.data.teacher!r}, "

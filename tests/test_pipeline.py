@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from datetime import datetime, timezone
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -166,6 +167,35 @@ def test_validate_records_the_data_lineage_even_when_synthesis_came_from_the_cac
     assert client.get_run(ctx.parent_run_id).data.tags["deltabelief.data_version"] == version
     logged = {a.path for a in client.list_artifacts(by_stage["synthesize"].info.run_id, "data")}
     assert logged == {"data/synthesis.json", "data/targets.parquet", "data/trajectories.parquet"}
+
+
+def test_a_local_cache_hit_still_finds_its_files_after_the_temporary_directory_is_cleaned(tmp_path, monkeypatch):
+    """Flyte's local cache outlives the temporary working directory a local run writes in: a
+    cached synthesis must return files that are still there once that directory is gone (as
+    after a reboot), not paths that make the next task fail on its inputs."""
+    import shutil
+
+    from flytekit.core import local_cache
+    from flytekit.core.context_manager import FlyteContextManager
+
+    import tasks.common
+    from tasks.synthesize import synthesize
+
+    monkeypatch.setenv("FLYTE_LOCAL_CACHE_ENABLED", "true")
+    monkeypatch.setattr(local_cache, "CACHE_LOCATION", str(tmp_path / "local-cache"))
+    monkeypatch.setattr(local_cache.LocalTaskCache, "_initialized", False)
+    monkeypatch.setattr(tasks.common, "LOCAL_CACHED_FILES", tmp_path / "cached-files")
+    config = load_config("tiny")
+    sandbox = Path(FlyteContextManager.current_context().user_space_params.working_directory).parent
+    before = set(sandbox.iterdir())
+    first = synthesize(config=config)
+    created = set(sandbox.iterdir()) - before
+    assert created, "the task made no temporary working directory: this test no longer tests anything"
+    for path in created:  # what cleaning /tmp does to the run's working directory
+        shutil.rmtree(path)
+    second = synthesize(config=config)  # a cache hit: the task does not run again
+    assert second.targets.path == first.targets.path
+    assert len(pd.read_parquet(second.targets.download())) == len(pd.read_parquet(first.targets.download()))
 
 
 def test_a_failing_stage_closes_the_pipeline_run_as_failed(mlflow_uri):
