@@ -329,6 +329,9 @@ class EvalConfig:
     """User Personalization: token budget of the agent's final answer."""
     belief_curves: bool = True
     """Score the policy's belief after every turn of Twenty Questions (belief curves)."""
+    warm_start_suites: list[str] = field(default_factory=list)
+    """Suites the pipeline plays again with the warm start, for the trained model's paired gain over
+    it (each one of ``suites``; empty: all of them)."""
     policy_server: Literal["local", "vllm", "deltabelief"] = "local"
     """Where the evaluated model runs. 'local': its weights load in the evaluating process. 'vllm':
     the stage starts `vllm serve` on its pod's GPUs and plays through it; 'deltabelief': the same
@@ -512,6 +515,10 @@ def check_ranges(config: Config) -> Config:
         problems.append(f"game.candidates_in_prompt lists the nouns of game.kb_nouns: it needs game.task = "
                         f"'twenty_questions', data.source = 'kb' and game.kb_nouns given (got {game.task!r}, "
                         f"{config.data.source!r}, {len(game.kb_nouns)} nouns)")
+    unplayed = [s for s in config.eval.warm_start_suites if s not in config.eval.suites]
+    if unplayed:
+        problems.append(f"eval.warm_start_suites {unplayed} are not in eval.suites {config.eval.suites}: the "
+                        "gain over the warm start compares suites the trained model played")
     if config.policy.backend == "openai" and not config.policy.base_url:
         problems.append("policy.backend = 'openai' needs policy.base_url (e.g. http://127.0.0.1:8000/v1)")
     if config.judge.unanswerable_as_invalid and config.reward.unanswerable_penalty != RewardConfig.unanswerable_penalty:

@@ -274,7 +274,7 @@ def evaluate_stage(config: Config, model_dir: Path, out_dir: Path, ctx: RunConte
 def compare_stage(config: Config, baseline_dir: Path, summary: EvalSummary, out_dir: Path, ctx: RunContext) -> dict:
     """Evaluate ``baseline_dir`` (the warm start) like the candidate and log the paired gain.
 
-    For every success suite, at its largest budget: ``{suite}/gain_over_warm_start/mean``,
+    For every success suite of ``eval.warm_start_suites`` (default: all), at its largest budget: ``{suite}/gain_over_warm_start/mean``,
     ``ci_low`` and ``ci_high`` (95%, bootstrap over targets, ``deltabelief.gate``), on the stage run
     and the parent run, plus the warm start's own evaluation as a stage run.
     """
@@ -283,12 +283,14 @@ def compare_stage(config: Config, baseline_dir: Path, summary: EvalSummary, out_
     from deltabelief.gate import paired_differences, paired_interval, target_scores
 
     def body(tracker: Tracker):
-        same_games = override(config, {"eval.belief_curves": False})  # the gain needs outcomes, not beliefs
+        # the gain needs outcomes, not beliefs, and only on the suites asked for
+        same_games = override(config, {"eval.belief_curves": False,
+                                       "eval.suites": config.eval.warm_start_suites or config.eval.suites})
         baseline = evaluate_stage(same_games, baseline_dir, out_dir, ctx, stage="evaluate_warm_start")
         trained = pd.read_parquet(Path(summary.report_dir) / "per_target.parquet")
         warm = pd.read_parquet(Path(baseline.report_dir) / "per_target.parquet")
         gains: dict[str, float] = {}
-        for suite in trained.loc[trained["success_rate"].notna(), "suite"].unique():
+        for suite in warm.loc[warm["success_rate"].notna(), "suite"].unique():
             metric = f"{suite}/success_mean"
             d = paired_differences(target_scores(trained, metric), target_scores(warm, metric))
             low, high = paired_interval(d, 0.95, config.tracking.gate_resamples, seed=config.eval.seed)

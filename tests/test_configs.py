@@ -130,6 +130,8 @@ def test_overrides_apply_on_top_of_a_preset():
         (["game.min_question_chars=50", "game.max_question_chars=10"], r"max_question_chars = 10 must be >= "),
         (["game.candidates_in_prompt=true", "data.source=words:nouns.txt"],
          r"candidates_in_prompt .* \(got 'twenty_questions', 'words:nouns\.txt', 4 nouns\)"),
+        (["eval.warm_start_suites=[guess_my_city]"],
+         r"eval\.warm_start_suites \['guess_my_city'\] are not in eval\.suites \['twenty_questions'\]"),
         (["game.candidates_in_prompt=true", "game.kb_nouns=[]"],
          r"candidates_in_prompt .* \(got 'twenty_questions', 'kb', 0 nouns\)"),
     ],

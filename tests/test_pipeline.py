@@ -49,7 +49,10 @@ def _client(uri):
 def test_tiny_pipeline_end_to_end(ray_session, mlflow_uri):
     from workflows.pipeline import delta_belief_pipeline
 
-    decision = delta_belief_pipeline(config="configs/tiny.yaml", num_steps=2)  # the stages, not the learning
+    # the stages, not the learning; the city suite is played by the trained model only
+    decision = delta_belief_pipeline(config="configs/tiny.yaml", num_steps=2, overrides=[
+        "eval.suites=[twenty_questions, guess_my_city]", "eval.sources=[guess_my_city=kb]",
+        "eval.warm_start_suites=[twenty_questions]"])
     assert decision["promoted"] and decision["reason"] == "no champion yet"
 
     client = _client(mlflow_uri)
@@ -68,6 +71,9 @@ def test_tiny_pipeline_end_to_end(ray_session, mlflow_uri):
     low, mean, high = (gain[f"twenty_questions/gain_over_warm_start/{k}"] for k in ("ci_low", "mean", "ci_high"))
     assert low <= mean <= high
     assert mean == pytest.approx(gain["twenty_questions/trained/success_mean"] - gain["twenty_questions/warm_start/success_mean"])
+    played = {r.data.tags.get("deltabelief.stage"): r.data.metrics for r in runs}
+    assert "guess_my_city/success_mean" in played["evaluate"]
+    assert not any(k.startswith("guess_my_city/") for k in {**played["evaluate_warm_start"], **gain})
     for tag in ("deltabelief.git_commit", "deltabelief.config_hash", "deltabelief.data_version"):
         assert parent.data.tags.get(tag), tag
     model = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
