@@ -7,6 +7,7 @@ from pathlib import Path
 
 import flytekit
 from flytekit import Cache
+from flytekit.configuration import LocalConfig
 from flytekit.core.context_manager import FlyteContextManager
 
 # Bump when the logic of a cached stage changes, so old results are not reused.
@@ -24,11 +25,12 @@ def cached_outputs(name: str) -> Path:
     On a cluster that is the task's working directory: Flyte uploads the files it returns. A
     local execution returns their local paths as they are, and its cache outlives the temporary
     working directory: after /tmp is cleaned a cache hit would name files that are gone, and the
-    next task would fail on its inputs. Locally they go under ``LOCAL_CACHED_FILES`` instead.
+    next task would fail on its inputs. Locally, when the local cache is on, they go under
+    ``LOCAL_CACHED_FILES`` instead.
     """
     state = FlyteContextManager.current_context().execution_state
-    if state is None or not state.is_local_execution():
-        return scratch(name)
+    if state is None or not state.is_local_execution() or not LocalConfig.auto().cache_enabled:
+        return scratch(name)  # with no local cache nothing outlives the run
     path = LOCAL_CACHED_FILES / uuid.uuid4().hex / name
     path.mkdir(parents=True)
     return path

@@ -204,6 +204,17 @@ def test_a_local_cache_hit_still_finds_its_files_after_the_temporary_directory_i
     assert len(pd.read_parquet(second.targets.download())) == len(pd.read_parquet(first.targets.download()))
 
 
+def test_with_the_local_cache_off_a_synthesis_leaves_nothing_beside_it(tmp_path, monkeypatch):
+    import tasks.common
+    from tasks.synthesize import synthesize
+
+    monkeypatch.setenv("FLYTE_LOCAL_CACHE_ENABLED", "false")
+    monkeypatch.setattr(tasks.common, "LOCAL_CACHED_FILES", tmp_path / "cached-files")
+    datasets = synthesize(config=load_config("tiny"))
+    assert len(pd.read_parquet(datasets.targets.download())) > 0
+    assert not (tmp_path / "cached-files").exists()
+
+
 def test_a_failing_stage_closes_the_pipeline_run_as_failed(mlflow_uri):
     """Any stage that raises ends the execution: its run and the parent are FAILED, the parent
     names the stage, and the error reaches the caller unchanged."""
