@@ -274,9 +274,10 @@ def evaluate_stage(config: Config, model_dir: Path, out_dir: Path, ctx: RunConte
 def compare_stage(config: Config, baseline_dir: Path, summary: EvalSummary, out_dir: Path, ctx: RunContext) -> dict:
     """Evaluate ``baseline_dir`` (the warm start) like the candidate and log the paired gain.
 
-    For every success suite of ``eval.warm_start_suites`` (default: all), at its largest budget: ``{suite}/gain_over_warm_start/mean``,
-    ``ci_low`` and ``ci_high`` (95%, bootstrap over targets, ``deltabelief.gate``), on the stage run
-    and the parent run, plus the warm start's own evaluation as a stage run.
+    For every success suite of ``eval.warm_start_suites`` (default: all), at its largest budget:
+    ``{suite}/gain_over_warm_start/mean``, ``ci_low`` and ``ci_high`` (95%, bootstrap over targets,
+    ``deltabelief.gate``), on the stage run and the parent run, plus the warm start's own evaluation
+    as a stage run.
     """
     import pandas as pd
 
