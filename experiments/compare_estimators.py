@@ -9,6 +9,9 @@ put a warm start you already have at OUT/data and OUT/sft/model to reuse it):
   3. ``deltabelief train``  per (preset, seed) with train.seed     -> OUT/<preset>-seed<S>/metrics.jsonl
   4. ``deltabelief eval``   of the warm start and of every run's final model on every held-out
      Twenty Questions target at budgets 10/20/30                  -> OUT/sft/eval, OUT/<run>/eval
+  5. with ``--calibrate``, ``deltabelief calibrate`` of the warm start (every template, choosing
+     one as the pipeline does), then of the base model and every run's final model with the
+     chosen template                       -> OUT/sft/calibration, OUT/base/calibration, OUT/<run>/calibration
 Then it writes the training curves (OUT/curves.json, .png, .md: mean and std across seeds per
 step, and each stage's share of an RL step's wall time) and the held-out comparison
 (OUT/comparison.json, .md, .png): per preset, success at each budget, bits per question, the
@@ -17,7 +20,8 @@ seeds with a 95% t-interval over seeds, and each preset's success gain at budget
 warm start and over the second preset, paired over targets (95% bootstrap). The presets default
 to cpu (turn_grpo + ΔBelief reward), cpu-grpo (StarPO: trajectory-level GRPO, no belief reward)
 and cpu-turn-rloo (the unbiased turn-level estimator + ΔBelief reward), which differ only in
-their method keys.
+their method keys. With ``--calibrate`` it also writes OUT/beliefs.md: each model's Spearman
+with the exact posterior and ECE under the chosen template (mean and 95% t-interval over seeds).
 """
 
 from __future__ import annotations
@@ -83,6 +87,34 @@ def evaluate(preset: str, model: Path, out: Path, budgets: str, threads: int) ->
                     "--out", str(out), "--set", "eval.num_targets=0", "--set", "eval.belief_curves=false",
                     threads=threads)
     return out
+
+
+def calibrate(preset: str, model: Path | None, data: Path, out: Path, template: str | None, threads: int) -> dict:
+    """Beliefs of ``model`` (None: the preset's base model) on the held-out teacher games of ``data``,
+    under ``template`` (None: every template of the preset, one chosen); calibration.json's content."""
+    report = out / "calibration.json"
+    if not report.exists():
+        model_args = ["--model", str(model)] if model is not None else []
+        template_args = ["--templates", template] if template is not None else []
+        deltabelief("calibrate", "--config", preset, *model_args, *template_args,
+                    "--trajectories", str(data / "trajectories.parquet"), "--out", str(out), threads=threads)
+    return json.loads(report.read_text())
+
+
+def belief_figures(report: dict, template: str) -> dict[str, float]:
+    scores = report["per_template"][template]
+    return {"spearman": float(scores["spearman"]), "ece": float(scores["ece"])}
+
+
+def beliefs_table(base: dict, warm: dict, runs: dict[str, list[dict]], template: str) -> str:
+    """Markdown: Spearman and ECE of the base model, the warm start and each preset (over seeds)."""
+    lines = [f"Template: {template!r}", "", "| model | Spearman with the exact posterior | ECE |", "|---|---|---|",
+             f"| base | {base['spearman']:.3f} | {base['ece']:.3f} |",
+             f"| warm start | {warm['spearman']:.3f} | {warm['ece']:.3f} |"]
+    for preset, figures in runs.items():
+        cells = [_cell(seed_interval([f[name] for f in figures])) for name in ("spearman", "ece")]
+        lines.append(f"| {preset} ({len(figures)} seeds) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def eval_figures(eval_dir: Path) -> dict[str, float]:
@@ -272,6 +304,9 @@ def main() -> None:
     parser.add_argument("--budgets", default="10,20,30", help="held-out evaluation budgets (default: %(default)s)")
     parser.add_argument("--sft-epochs", type=int, default=0,
                         help="epochs of the shared warm start (default 0: the first preset's sft.epochs)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="also measure the beliefs (Spearman with the exact posterior, ECE) of the base "
+                             "model, the warm start and every run's final model")
     args = parser.parse_args()
     presets = args.presets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -306,6 +341,16 @@ def main() -> None:
     (out / "comparison.md").write_text(held_out)
     plot_comparison(result, budgets, out / "comparison.png")
     print(held_out)
+    if args.calibrate:
+        warm = calibrate(presets[0], out / "sft" / "model", out / "data", out / "sft" / "calibration", None, threads)
+        template = warm["chosen_template"]
+        base = calibrate(presets[0], None, out / "data", out / "base" / "calibration", template, threads)
+        runs_beliefs = {p: [belief_figures(calibrate(p, d.parent / "model", out / "data", d.parent / "calibration",
+                                                      template, threads), template) for d in evals[p]]
+                        for p in presets}
+        beliefs = beliefs_table(belief_figures(base, template), belief_figures(warm, template), runs_beliefs, template)
+        (out / "beliefs.md").write_text(beliefs)
+        print(beliefs)
     curves = summarise(histories)
     shares = stage_shares([m for runs in histories.values() for h in runs for m in h])
     (out / "curves.json").write_text(json.dumps({"seeds": seeds, "steps": args.steps, "curves": curves,

@@ -48,3 +48,17 @@ def test_paired_gain_averages_each_target_over_seeds_then_pairs_targets(compare,
     gain, low, high = compare.paired_gain([seed_a, seed_b], [reference])
     assert gain == pytest.approx(1.25 / 3)
     assert 0.25 - 1e-9 <= low <= gain <= high <= 0.75 + 1e-9
+
+
+def test_beliefs_table_reads_the_chosen_template_and_gives_each_preset_an_interval_over_seeds(compare):
+    def report(spearman, ece):
+        return {"per_template": {"The answer is {target}.": {"spearman": spearman, "ece": ece},
+                                 "Is it '{target}'?": {"spearman": -1.0, "ece": 1.0}}}
+
+    template = "The answer is {target}."
+    figures = [compare.belief_figures(report(s, 0.1), template) for s in (0.5, 0.6, 0.7)]
+    assert figures[0] == {"spearman": 0.5, "ece": 0.1}  # the chosen template's, not another's
+    table = compare.beliefs_table(figures[0], figures[2], {"cpu": figures}, template)
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2 dof) × sd / sqrt(n), as in the held-out table
+    assert "| base | 0.500 | 0.100 |" in table and "| warm start | 0.700 | 0.100 |" in table
+    assert f"| cpu (3 seeds) | 0.600 [{0.6 - half:.3f}, {0.6 + half:.3f}] | 0.100 [0.100, 0.100] |" in table
