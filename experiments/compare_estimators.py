@@ -6,22 +6,26 @@ Steps (each skipped when its output is already complete, so an interrupted compa
 put a warm start you already have at OUT/data and OUT/sft/model to reuse it):
   1. ``deltabelief synth``  with the first preset's data section  -> OUT/data
   2. ``deltabelief sft``    once, shared by every run             -> OUT/sft/model
-  3. ``deltabelief train``  per (preset, seed) with train.seed     -> OUT/<preset>-seed<S>/metrics.jsonl
-  4. ``deltabelief eval``   of the warm start and of every run's final model on every held-out
+  3. with ``--calibrate``, ``deltabelief calibrate`` of the warm start with every template; the
+     chosen one elicits the beliefs of every run, as in the pipeline   -> OUT/sft/calibration
+  4. ``deltabelief train``  per (preset, seed) with train.seed     -> OUT/<preset>-seed<S>/metrics.jsonl
+  5. ``deltabelief eval``   of the warm start and of every run's final model on every held-out
      Twenty Questions target at budgets 10/20/30                  -> OUT/sft/eval, OUT/<run>/eval
-  5. with ``--calibrate``, ``deltabelief calibrate`` of the warm start (every template, choosing
-     one as the pipeline does), then of the base model and every run's final model with the
-     chosen template                       -> OUT/sft/calibration, OUT/base/calibration, OUT/<run>/calibration
+  6. with ``--calibrate``, ``deltabelief calibrate`` of the base model and of every run's final
+     model with the chosen template                  -> OUT/base/calibration, OUT/<run>/calibration
 Then it writes the training curves (OUT/curves.json, .png, .md: mean and std across seeds per
 step, and each stage's share of an RL step's wall time) and the held-out comparison
 (OUT/comparison.json, .md, .png): per preset, success at each budget, bits per question, the
 share of questions that gain nothing, questions to solve and the repeat rate, as the mean over
 seeds with a 95% t-interval over seeds, and each preset's success gain at budget 20 over the
-warm start and over the second preset, paired over targets (95% bootstrap). The presets default
+warm start and over the second preset, and its change in each target's share of repeated
+turns over the warm start, paired over targets (95% bootstrap). The presets default
 to cpu (turn_grpo + ΔBelief reward), cpu-grpo (StarPO: trajectory-level GRPO, no belief reward)
 and cpu-turn-rloo (the unbiased turn-level estimator + ΔBelief reward), which differ only in
-their method keys. With ``--calibrate`` it also writes OUT/beliefs.md: each model's Spearman
-with the exact posterior and ECE under the chosen template (mean and 95% t-interval over seeds).
+their method keys. With ``--calibrate`` every run elicits its beliefs with the template the warm
+start's calibration chose, as the pipeline does, and the script also writes OUT/beliefs.md: each
+model's Spearman with the exact posterior and ECE under that template (mean and 95% t-interval
+over seeds).
 """
 
 from __future__ import annotations
@@ -69,13 +73,15 @@ def finished_steps(run_dir: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def train(preset: str, seed: int, out: Path, num_steps: int, threads: int) -> Path:
+def train(preset: str, seed: int, out: Path, num_steps: int, threads: int, template: str | None) -> Path:
+    """One RL run from the shared warm start; ``template`` (None: the preset's) elicits its beliefs."""
     run_dir = out / f"{preset}-seed{seed}"
     if finished_steps(run_dir) < num_steps:
         resume = ["--resume"] if run_dir.exists() else []
+        elicitation = ["--set", f"belief.template={json.dumps(template)}"] if template is not None else []
         deltabelief("train", "--config", preset, "--model", str(out / "sft" / "model"),
                     "--targets", str(out / "data" / "targets.parquet"), "--out", str(run_dir),
-                    "--set", f"train.seed={seed}", "--set", f"train.num_steps={num_steps}", *resume,
+                    "--set", f"train.seed={seed}", "--set", f"train.num_steps={num_steps}", *elicitation, *resume,
                     threads=threads)
     return run_dir
 
@@ -149,18 +155,30 @@ def seed_interval(values: list[float], level: float = 0.95, rate: bool = False) 
     return mean, mean - half, mean + half
 
 
-def paired_gain(runs: list[Path], reference: list[Path]) -> tuple[float, float, float]:
-    """Success gain at the headline budget, paired over targets: each target's success averaged over
-    its games in the runs (seeds) on either side, then a 95% bootstrap interval over targets."""
+def success_per_target(table) -> dict[str, float]:
+    from deltabelief.gate import target_scores
+
+    return target_scores(table, f"{SUITE}/success_mean")
+
+
+def repeat_share_per_target(table) -> dict[str, float]:
+    """Each target's share of repeated turns over all its games' turns."""
+    rows = table[table.suite == SUITE]
+    return {str(t): float(repeated / (turns * samples)) for t, repeated, turns, samples
+            in zip(rows.target_id, rows.repeated_turns, rows.turns_mean, rows.samples)}
+
+
+def paired_gain(runs: list[Path], reference: list[Path], score=success_per_target) -> tuple[float, float, float]:
+    """Gain in ``score`` (success by default) at the headline budget, paired over targets: each target's
+    value over its games in the runs (seeds) pooled on either side, then a 95% bootstrap interval over targets."""
     import pandas as pd
 
     from deltabelief.evaluation.metrics import per_target_table
-    from deltabelief.gate import paired_differences, paired_interval, target_scores
+    from deltabelief.gate import paired_differences, paired_interval
 
     def per_target(dirs: list[Path]) -> dict[str, float]:
         games = pd.concat([pd.read_parquet(d / "results.parquet") for d in dirs])
-        table = per_target_table(games[games.budget == HEADLINE_BUDGET])  # the seeds' games pooled per target
-        return target_scores(table, f"{SUITE}/success_mean")
+        return score(per_target_table(games[games.budget == HEADLINE_BUDGET]))  # the seeds' games pooled per target
 
     differences = paired_differences(per_target(runs), per_target(reference))
     low, high = paired_interval(differences, 0.95, 4000)
@@ -180,6 +198,7 @@ def compare(evals: dict[str, list[Path]], warm_start: Path, budgets: list[int]) 
         per_seed = [eval_figures(d) for d in dirs]
         row = {name: seed_interval([f[name] for f in per_seed], rate=_is_rate(name)) for name in names}
         row["gain_over_warm_start"] = paired_gain(dirs, [warm_start])
+        row["gain_in_repeat_share_over_warm_start"] = paired_gain(dirs, [warm_start], repeat_share_per_target)
         if preset != baseline:
             row[f"gain_over_{baseline}"] = paired_gain(dirs, evals[baseline])
         row["seeds"] = len(dirs)
@@ -305,8 +324,10 @@ def main() -> None:
     parser.add_argument("--sft-epochs", type=int, default=0,
                         help="epochs of the shared warm start (default 0: the first preset's sft.epochs)")
     parser.add_argument("--calibrate", action="store_true",
-                        help="also measure the beliefs (Spearman with the exact posterior, ECE) of the base "
-                             "model, the warm start and every run's final model")
+                        help="calibrate the warm start first and elicit every run's beliefs with the template it "
+                             "chooses (as the pipeline does; else each preset's belief.template), and measure the "
+                             "beliefs (Spearman with the exact posterior, ECE) of the base model, the warm start "
+                             "and every run's final model")
     args = parser.parse_args()
     presets = args.presets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -320,10 +341,15 @@ def main() -> None:
         deltabelief("sft", "--config", presets[0], "--trajectories", str(out / "data" / "trajectories.parquet"),
                     "--out", str(out / "sft"), *epochs, threads=threads * args.jobs)
     warm_eval = evaluate(presets[0], out / "sft" / "model", out / "sft" / "eval", args.budgets, threads * args.jobs)
+    warm, template = None, None
+    if args.calibrate:
+        warm = calibrate(presets[0], out / "sft" / "model", out / "data", out / "sft" / "calibration", None,
+                         threads * args.jobs)
+        template = warm["chosen_template"]
     runs = [(p, s) for s in seeds for p in presets]  # seed-major: a stopped comparison has whole seeds
 
     def train_and_evaluate(preset: str, seed: int) -> Path:
-        run_dir = train(preset, seed, out, args.steps, threads)
+        run_dir = train(preset, seed, out, args.steps, threads, template)
         evaluate(preset, run_dir / "model", run_dir / "eval", args.budgets, threads)
         return run_dir
 
@@ -342,8 +368,6 @@ def main() -> None:
     plot_comparison(result, budgets, out / "comparison.png")
     print(held_out)
     if args.calibrate:
-        warm = calibrate(presets[0], out / "sft" / "model", out / "data", out / "sft" / "calibration", None, threads)
-        template = warm["chosen_template"]
         base = calibrate(presets[0], None, out / "data", out / "base" / "calibration", template, threads)
         runs_beliefs = {p: [belief_figures(calibrate(p, d.parent / "model", out / "data", d.parent / "calibration",
                                                       template, threads), template) for d in evals[p]]

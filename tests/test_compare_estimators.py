@@ -62,3 +62,18 @@ def test_beliefs_table_reads_the_chosen_template_and_gives_each_preset_an_interv
     half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2 dof) × sd / sqrt(n), as in the held-out table
     assert "| base | 0.500 | 0.100 |" in table and "| warm start | 0.700 | 0.100 |" in table
     assert f"| cpu (3 seeds) | 0.600 [{0.6 - half:.3f}, {0.6 + half:.3f}] | 0.100 [0.100, 0.100] |" in table
+
+
+def test_the_repeat_share_is_each_targets_repeated_turns_over_all_its_turns_paired_like_success(compare, tmp_path):
+    def games(directory, repeated):  # two games of 5 turns per target, with these repeated turns
+        frame = pd.read_parquet(_games(directory, {t: [False, False] for t in repeated}) / "results.parquet")
+        frame["repeated_turns"] = [r for t in repeated for r in repeated[t]] * 2  # both budgets
+        frame.to_parquet(directory / "results.parquet")
+        return directory
+
+    run = games(tmp_path / "run", {"t1": [0, 1], "t2": [0, 0]})
+    reference = games(tmp_path / "ref", {"t1": [2, 3], "t2": [1, 1]})
+    # t1: 1/10 against 5/10, t2: 0/10 against 2/10 -> differences −0.4 and −0.2
+    gain, low, high = compare.paired_gain([run], [reference], compare.repeat_share_per_target)
+    assert gain == pytest.approx(-0.3)
+    assert -0.4 - 1e-9 <= low <= gain <= high <= -0.2 + 1e-9
