@@ -42,7 +42,7 @@ bench: $(STAMP)  ## run the benchmarks and write bench-results/report.json
 	$(BIN)/python -m benchmarks.run --out bench-results/report.json
 
 curves: $(STAMP)  ## ΔBelief-RL vs StarPO vs turn_rloo from an 8-epoch warm start, 5 seeds, held out (runs/curves)
-	$(BIN)/python experiments/compare_estimators.py --out runs/curves --sft-epochs 8 --steps 4 --seeds 0,1,2,3,4 --calibrate
+	$(BIN)/python experiments/compare_estimators.py --out runs/curves --sft-epochs 8 --steps 4 --seeds 0,1,2,3,4
 
 clean:  ## remove the virtualenv and local run outputs
 	rm -rf $(VENV) .tmp outputs mlruns mlflow.db bench-results
