@@ -95,20 +95,23 @@ def evaluate(preset: str, model: Path, out: Path, budgets: str, threads: int) ->
     return out
 
 
-def calibrate(preset: str, model: Path | None, data: Path, out: Path, template: str | None, threads: int) -> dict:
+def calibrate(preset: str, model: Path | None, data: Path, out: Path, template: str | None, threads: int):
     """Beliefs of ``model`` (None: the preset's base model) on the held-out teacher games of ``data``,
-    under ``template`` (None: every template of the preset, one chosen); calibration.json's content."""
-    report = out / "calibration.json"
-    if not report.exists():
+    under ``template`` (None: every template of the preset, one chosen); the CalibrationReport."""
+    from deltabelief.calibration import load_report
+    from deltabelief.calibration.report import REPORT_NAME
+
+    if not (out / REPORT_NAME).exists():
         model_args = ["--model", str(model)] if model is not None else []
         template_args = ["--templates", template] if template is not None else []
         deltabelief("calibrate", "--config", preset, *model_args, *template_args,
                     "--trajectories", str(data / "trajectories.parquet"), "--out", str(out), threads=threads)
-    return json.loads(report.read_text())
+    return load_report(out)
 
 
-def belief_figures(report: dict, template: str) -> dict[str, float]:
-    scores = report["per_template"][template]
+def belief_figures(report, template: str) -> dict[str, float]:
+    """Spearman with the exact posterior and ECE of ``template`` in a CalibrationReport."""
+    scores = report.per_template[template]
     return {"spearman": float(scores["spearman"]), "ece": float(scores["ece"])}
 
 
@@ -345,7 +348,7 @@ def main() -> None:
     if args.calibrate:
         warm = calibrate(presets[0], out / "sft" / "model", out / "data", out / "sft" / "calibration", None,
                          threads * args.jobs)
-        template = warm["chosen_template"]
+        template = warm.chosen_template
     runs = [(p, s) for s in seeds for p in presets]  # seed-major: a stopped comparison has whole seeds
 
     def train_and_evaluate(preset: str, seed: int) -> Path:

@@ -51,11 +51,14 @@ def test_paired_gain_averages_each_target_over_seeds_then_pairs_targets(compare,
 
 
 def test_beliefs_table_reads_the_chosen_template_and_gives_each_preset_an_interval_over_seeds(compare):
-    def report(spearman, ece):
-        return {"per_template": {"The answer is {target}.": {"spearman": spearman, "ece": ece},
-                                 "Is it '{target}'?": {"spearman": -1.0, "ece": 1.0}}}
+    from deltabelief.calibration.report import CalibrationReport
 
     template = "The answer is {target}."
+
+    def report(spearman, ece):
+        return CalibrationReport(template, "spearman", {template: {"spearman": spearman, "ece": ece},
+                                                        "Is it '{target}'?": {"spearman": -1.0, "ece": 1.0}})
+
     figures = [compare.belief_figures(report(s, 0.1), template) for s in (0.5, 0.6, 0.7)]
     assert figures[0] == {"spearman": 0.5, "ece": 0.1}  # the chosen template's, not another's
     table = compare.beliefs_table(figures[0], figures[2], {"cpu": figures}, template)
