@@ -256,11 +256,16 @@ def _move_alias(client, name: str, alias: str, version: str) -> None:
 
 
 def champion_version(uri: str, name: str) -> Any | None:
+    """The version aliased champion, or None when there is none yet (nor a registered model)."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(uri)
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except Exception as err:
-        if "alias" in str(err).lower() or "RESOURCE_DOES_NOT_EXIST" in str(err):
+    except MlflowException as err:
+        # No registered model yet is RESOURCE_DOES_NOT_EXIST (its message does not say so in a
+        # sqlite store); a model without the alias gets an error that names the alias.
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "alias" in str(err).lower():
             return None
         raise
 

@@ -53,3 +53,26 @@ def test_a_targets_file_without_train_targets_is_refused(targets_file, tmp_path)
     write_parquet(frame[frame["split"] != "train"], held_out, "targets")
     with pytest.raises(ValueError, match="no train targets"):
         draw_training_targets(held_out, 4, 0, tmp_path / "out.parquet")
+
+
+def test_with_no_champion_yet_the_night_starts_from_a_fresh_warm_start(tmp_path, monkeypatch):
+    import mlflow
+
+    from deltabelief.pipeline import start_pipeline, starting_model_stage
+    from deltabelief.synthesis import synthesize
+    from deltabelief.tracking import PARENT_VERSION, START_WEIGHTS
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    config = nightly_config(load_config("tiny", ["sft.epochs=1"]), NIGHT)
+    data = synthesize(config.data, config.game, tmp_path / "data")
+    ctx = start_pipeline(config)
+    model = starting_model_stage(config, data.trajectories_path, tmp_path / "start", ctx)
+
+    assert (model / "config.json").is_file()
+    client = mlflow.tracking.MlflowClient(uri)
+    stages = [r.data.tags["deltabelief.stage"] for r in client.search_runs(
+        [client.get_experiment_by_name("deltabelief").experiment_id], f"tags.mlflow.parentRunId = '{ctx.parent_run_id}'")]
+    assert stages == ["warm_start"]
+    tags = client.get_run(ctx.parent_run_id).data.tags
+    assert PARENT_VERSION not in tags and START_WEIGHTS not in tags

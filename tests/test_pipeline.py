@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from deltabelief.config import TrackingConfig, load_config
+from deltabelief.nightly import kickoff_seed
 from deltabelief.summary import describe
 from deltabelief.tracking import (
     CHAMPION,
@@ -46,19 +47,31 @@ def _client(uri):
     return mlflow.tracking.MlflowClient(uri, registry_uri=uri)
 
 
-def test_tiny_pipeline_end_to_end(ray_session, mlflow_uri):
+# Tests check the stages, not the learning: one SFT epoch and 16 games a step keep them short.
+QUICK = ["sft.epochs=1", "train.rollouts_per_target=4"]
+
+
+def test_the_pipeline_crowns_a_champion_and_the_nightly_plan_continues_from_it(
+        ray_session, mlflow_server, tmp_path, monkeypatch):
+    """The tiny pipeline end to end, then one night of the nightly plan, against a real
+    ``mlflow server`` with proxied artifacts: the night starts from the weights the pipeline
+    registered as champion, and the registry shows v1 -> v2. (A night with no champion yet
+    warm-starts: tests/test_nightly.py.)"""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("DELTABELIEF_NIGHTLY_PRESET", "configs/tiny.yaml")
+    monkeypatch.chdir(tmp_path)
+    import workflows.launch_plans as plans
     from workflows.pipeline import delta_belief_pipeline
 
-    # the stages, not the learning; the city suite is played by the trained model only
-    decision = delta_belief_pipeline(config="configs/tiny.yaml", num_steps=2, overrides=[
+    # The city suite is played by the trained model only.
+    first = delta_belief_pipeline(config="configs/tiny.yaml", num_steps=2, overrides=[
         "eval.suites=[twenty_questions, guess_my_city]", "eval.sources=[guess_my_city=kb]",
-        "eval.warm_start_suites=[twenty_questions]"])
-    assert decision["promoted"] and decision["reason"] == "no champion yet"
+        "eval.warm_start_suites=[twenty_questions]", *QUICK])
+    assert first["promoted"] and first["reason"] == "no champion yet"
 
-    client = _client(mlflow_uri)
+    client = _client(mlflow_server)
     name = load_config("tiny").tracking.registered_model_name
-    champion = client.get_model_version_by_alias(name, CHAMPION)
-    assert str(champion.version) == decision["version"]
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == first["version"]
     experiment = client.get_experiment_by_name("deltabelief")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -76,42 +89,25 @@ def test_tiny_pipeline_end_to_end(ray_session, mlflow_uri):
     assert not any(k.startswith("guess_my_city/") for k in {**played["evaluate_warm_start"], **gain})
     for tag in ("deltabelief.git_commit", "deltabelief.config_hash", "deltabelief.data_version"):
         assert parent.data.tags.get(tag), tag
-    model = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
-    assert model["tokenizer"].chat_template
 
-    assert client.get_model_version(name, decision["version"]).tags[PARENT_VERSION] == NO_PARENT
-
-
-def test_two_nightly_runs_compound_on_a_tracking_server(ray_session, mlflow_server, tmp_path, monkeypatch):
-    """The nightly plan twice on the tiny preset, against a real `mlflow server` with proxied
-    artifacts: the second night starts from the first night's weights and the registry shows v1 -> v2."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    monkeypatch.setenv("DELTABELIEF_NIGHTLY_PRESET", "configs/tiny.yaml")
-    monkeypatch.chdir(tmp_path)
-    import workflows.launch_plans as plans
-
-    plans = importlib.reload(plans)
+    plans = importlib.reload(plans)  # the plan fixes its preset when the module is imported
     assert plans.nightly_retrain.schedule.kickoff_time_input_arg == "kickoff_time"
     assert plans.nightly_retrain.fixed_inputs.literals["config"].scalar.primitive.string_value == "configs/tiny.yaml"
-    first = plans.nightly_retrain(kickoff_time=datetime(2025, 1, 1, 2, tzinfo=timezone.utc), num_steps=2)
-    second = plans.nightly_retrain(kickoff_time=datetime(2025, 1, 2, 2, tzinfo=timezone.utc), num_steps=2)
+    kickoff = datetime(2025, 1, 2, 2, tzinfo=timezone.utc)
+    second = plans.nightly_retrain(kickoff_time=kickoff, num_steps=2, overrides=QUICK)
 
-    client = _client(mlflow_server)
-    name = load_config("tiny").tracking.registered_model_name
-    assert first["promoted"] and first["reason"] == "no champion yet"
     v1, v2 = (client.get_model_version(name, d["version"]) for d in (first, second))
     assert v1.tags[PARENT_VERSION] == NO_PARENT and v2.tags[PARENT_VERSION] == v1.version
-    assert v1.tags[KICKOFF_TIME] == "2025-01-01T02:00:00+00:00" and v2.tags[KICKOFF_TIME] == "2025-01-02T02:00:00+00:00"
+    assert v2.tags[KICKOFF_TIME] == "2025-01-02T02:00:00+00:00"
     assert v1.tags[DATA_VERSION] and v2.tags[DATA_VERSION]
-    # The second night trained from exactly the weights registered as v1, with new seeds.
-    night2 = client.get_run(v2.tags["deltabelief.pipeline_run"])
-    assert night2.data.tags[START_WEIGHTS] == v1.tags[WEIGHTS]
+    # The night trained from exactly the weights registered as v1, with the kickoff's seed.
+    night = client.get_run(v2.tags["deltabelief.pipeline_run"])
+    assert night.data.tags[START_WEIGHTS] == v1.tags[WEIGHTS]
     assert v2.tags[WEIGHTS] != v1.tags[WEIGHTS]
-    stage_runs = client.search_runs([night2.info.experiment_id], f"tags.mlflow.parentRunId = '{night2.info.run_id}'")
-    stages = {r.data.tags["deltabelief.stage"] for r in stage_runs}
-    assert "start-from-champion" in stages and "warm_start" not in stages
-    seeds = {r.data.params["train.seed"] for r in client.search_runs([night2.info.experiment_id], "tags.`deltabelief.stage` = 'train'")}
-    assert len(seeds) == 2
+    night_runs = client.search_runs([night.info.experiment_id], f"tags.mlflow.parentRunId = '{night.info.run_id}'")
+    by_stage = {r.data.tags["deltabelief.stage"]: r for r in night_runs}
+    assert "start-from-champion" in by_stage and "warm_start" not in by_stage
+    assert by_stage["train"].data.params["train.seed"] == str(kickoff_seed(kickoff))
     # The gate paired v2 with v1 on the same held-out targets and recorded its interval.
     assert second["champion_version"] == v1.version and second["num_targets"] == load_config("tiny").eval.num_targets
     assert second["lower_bound"] <= second["improvement"]
