@@ -114,7 +114,7 @@ def test_the_pipeline_crowns_a_champion_and_the_nightly_plan_continues_from_it(
     # Artifacts went through the server (proxied), not to this machine's working directory.
     assert client.get_run(v1.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
     assert not any(tmp_path.glob("ml*"))
-    loaded = mlflow.transformers.load_model(f"models:/{name}/{v2.version}", return_type="components")
+    loaded = mlflow.transformers.load_model(f"models:/{name}@{CHAMPION}", return_type="components")
     assert loaded["tokenizer"].chat_template
     shown = describe(TrackingConfig())
     assert f"challenger lineage: v{v1.version} -> v{v2.version}" in shown
